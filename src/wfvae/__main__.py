@@ -1,0 +1,5 @@
+import sys
+
+from wfvae.cli import main
+
+sys.exit(main())

@@ -1,0 +1,265 @@
+"""Shared machinery of the video autoencoders: config, weights I/O, input checks, chunking."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from wfvae.errors import CheckpointError, ConfigError
+
+from .layers.blocks import AttnBlock3D
+from .layers.norm import is_clip_level
+from .layers.stream import StopChunk, StreamState
+from .outputs import DiagonalGaussian, ModelOutput
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class VideoAutoencoder(nn.Module):
+    """Base class: a causal video VAE built from an original-format ``config.json``.
+
+    Subclasses define ``_encode_chunk`` / ``_decode_chunk`` (one pass over some frames, with an
+    optional :class:`StreamState`), ``temporal_compression_ratio``, ``latent_channels`` and
+    ``config_class_name`` (the ``_class_name`` written to ``config.json``).
+    """
+
+    config_class_name: str = ""
+    spatial_compression_ratio: int = 8
+    temporal_compression_ratio: int = 4
+    latent_channels: int = 0
+
+    # ---------------------------------------------------------------- config
+    def _record_config(self, values: dict[str, Any]) -> None:
+        self.config = {"_class_name": self.config_class_name, **values}
+
+    @classmethod
+    def config_keys(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | str | Path) -> "VideoAutoencoder":
+        """Build a randomly initialised model from a config dict or ``config.json`` path.
+
+        Keys starting with ``_`` (``_class_name``, ``_diffusers_version``) are ignored; any other
+        unknown key is an error listing the valid ones.
+        """
+        if not isinstance(config, dict):
+            config = read_config(config)
+        kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+        unknown = sorted(set(kwargs) - set(cls.config_keys()))
+        if unknown:
+            raise ConfigError(
+                f"{cls.__name__} config has unknown keys {unknown}; valid keys: {cls.config_keys()}"
+            )
+        return cls(**kwargs)
+
+    # ---------------------------------------------------------------- weights
+    def load_weights(
+        self, state_dict: dict[str, torch.Tensor], strict: bool = True, ignore_mismatched_sizes: bool = False
+    ) -> None:
+        """Load an original-format state dict; every problem is listed in one error.
+
+        Args:
+            strict: missing or unexpected keys are an error (default). With ``strict=False`` they
+                are logged instead.
+            ignore_mismatched_sizes: keys whose shape differs from the model keep their fresh
+                initialisation (logged) instead of raising.
+        """
+        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+        own = self.state_dict()
+        mismatched = [
+            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in state_dict.items()
+            if k in own and tuple(v.shape) != tuple(own[k].shape)
+        ]
+        if mismatched and ignore_mismatched_sizes:
+            logger.warning("ignoring %d mismatched tensors: %s", len(mismatched), "; ".join(mismatched))
+            state_dict = {k: v for k, v in state_dict.items() if not (k in own and v.shape != own[k].shape)}
+            mismatched_keys = {m.split(":")[0] for m in mismatched}
+        else:
+            mismatched_keys = set()
+        missing = sorted(set(own) - set(state_dict) - mismatched_keys)
+        unexpected = sorted(set(state_dict) - set(own))
+        problems = []
+        if mismatched and not ignore_mismatched_sizes:
+            problems.append(f"shape mismatches ({len(mismatched)}): " + "; ".join(mismatched))
+        if strict and missing:
+            problems.append(f"missing keys ({len(missing)}): {missing}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+        if problems:
+            raise CheckpointError(
+                f"weights do not fit {type(self).__name__}:\n  " + "\n  ".join(problems)
+                + ("\n(pass ignore_mismatched_sizes=True to keep fresh weights for mismatched shapes)" if mismatched else "")
+            )
+        if missing or unexpected:
+            logger.warning("non-strict load: missing %s, unexpected %s", missing, unexpected)
+        self.load_state_dict(state_dict, strict=False)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (float tensors as stored) to ``directory``."""
+        from safetensors.torch import save
+
+        from wfvae.utils.io import atomic_write_bytes
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
+        atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(self.config, indent=2, sort_keys=True) + "\n").encode())
+        return directory
+
+    # ---------------------------------------------------------------- checks
+    def clip_level_layers(self, part: nn.Module | None = None) -> list[nn.Module]:
+        """Layers whose output depends on the whole clip (GroupNorm over T, legacy AttnBlock3D).
+
+        Chunked inference stays exact with them, but needs one extra collecting pass per such
+        layer (cost grows, memory stays flat). Layernorm WF-VAE configs have none.
+        """
+        part = self if part is None else part
+        return [m for m in part.modules() if is_clip_level(m) or isinstance(m, AttnBlock3D)]
+
+    def check_video(self, video: torch.Tensor) -> None:
+        """Raise ValueError unless ``video`` is (B, 3, 1 + k*t, H, W) with H, W divisible by s."""
+        if video.dim() != 5:
+            raise ValueError(f"video must be 5-D (B, 3, T, H, W); got shape {tuple(video.shape)}")
+        _, c, t, h, w = video.shape
+        if c != 3:
+            raise ValueError(f"video must have 3 channels (RGB) in dim 1; got {c} (shape {tuple(video.shape)})")
+        tf, sf = self.temporal_compression_ratio, self.spatial_compression_ratio
+        if (t - 1) % tf != 0:
+            lower = (t - 1) // tf * tf + 1
+            raise ValueError(
+                f"got {t} frames; {type(self).__name__} needs 1 + {tf}k frames, e.g. {lower} or {lower + tf}"
+            )
+        for name, size in (("height", h), ("width", w)):
+            if size % sf != 0 or size == 0:
+                lower = max(sf, size // sf * sf)
+                raise ValueError(
+                    f"{name} {size} is not divisible by the spatial compression {sf}; use e.g. {lower} or {lower + sf}"
+                )
+
+    def check_latents(self, z: torch.Tensor) -> None:
+        if z.dim() != 5:
+            raise ValueError(f"latents must be 5-D (B, C, T, H, W); got shape {tuple(z.shape)}")
+        if z.shape[1] != self.latent_channels:
+            raise ValueError(f"latents must have {self.latent_channels} channels; got {z.shape[1]}")
+
+    # ---------------------------------------------------------------- public API
+    def encode(self, video: torch.Tensor, chunk_size: int | None = None) -> DiagonalGaussian:
+        """Encode a video into the posterior over latents.
+
+        Args:
+            video: (B, 3, 1 + k*t, H, W) in [-1, 1], H and W divisible by the spatial factor.
+            chunk_size: if given, encode ``chunk_size`` frames at a time (a multiple of the
+                temporal factor) with a causal cache; the result equals the full pass.
+        Returns:
+            DiagonalGaussian over latents of shape (B, C, 1 + k, H/s, W/s).
+        """
+        self.check_video(video)
+        if chunk_size is None:
+            return DiagonalGaussian(self._encode_chunk(video, None)[0])
+        tf = self.temporal_compression_ratio
+        if chunk_size <= 0 or chunk_size % tf != 0:
+            raise ValueError(f"chunk_size must be a positive multiple of {tf} frames; got {chunk_size}")
+        # first chunk carries the extra leading frame: [0, 1 + n), [1 + n, 1 + 2n), ...
+        bounds = [0] + list(range(1 + chunk_size, video.shape[2], chunk_size)) + [video.shape[2]]
+        return DiagonalGaussian(self._run_chunks(lambda x, s: self._encode_chunk(x, s)[0], video, bounds))
+
+    def decode(self, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+        """Decode latents (B, C, T', H', W') into a video (B, 3, 1 + (T'-1)*t, H'*s, W'*s).
+
+        Args:
+            chunk_size: if given, decode ``chunk_size`` latent frames at a time (any value >= 1)
+                with a causal cache; the result equals the full pass.
+        """
+        self.check_latents(latents)
+        if chunk_size is None:
+            return self._decode_chunk(latents, None)[0]
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 latent frame; got {chunk_size}")
+        bounds = list(range(0, latents.shape[2], chunk_size)) + [latents.shape[2]]
+        return self._run_chunks(lambda z, s: self._decode_chunk(z, s)[0], latents, bounds)
+
+    def forward(
+        self, video: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
+    ) -> ModelOutput:
+        """Encode, sample (or take the mean), decode. Returns a :class:`ModelOutput`."""
+        self.check_video(video)
+        moments, enc_extra = self._encode_chunk(video, None)
+        posterior = DiagonalGaussian(moments)
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        recon, dec_extra = self._decode_chunk(z, None)
+        extra = None
+        if enc_extra is not None and dec_extra is not None:
+            extra = (enc_extra[0], dec_extra[0], enc_extra[1], dec_extra[1])
+        return ModelOutput(sample=recon, posterior=posterior, extra=extra)
+
+    def get_last_layer(self) -> torch.Tensor:
+        """Weight of the decoder's output conv (for the adaptive GAN weight)."""
+        conv_out = self.decoder.conv_out
+        return conv_out.conv.weight if hasattr(conv_out, "conv") else conv_out.weight
+
+    # ---------------------------------------------------------------- latent scaling
+    def latent_scale_shift(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (scale, shift) broadcastable to latents, from the config's lists.
+
+        A list shorter than the latent channels (the original configs list 4 values) is
+        broadcast when it has one distinct value; otherwise it is an error.
+        """
+        out = []
+        for key, default in (("scale", 1.0), ("shift", 0.0)):
+            values = list(self.config.get(key) or [default])
+            if len(values) != self.latent_channels:
+                if len(set(values)) != 1:
+                    raise ConfigError(
+                        f"config '{key}' has {len(values)} values but the model has {self.latent_channels} latent channels"
+                    )
+                values = values[:1] * self.latent_channels
+            out.append(torch.tensor(values, dtype=like.dtype, device=like.device).view(1, -1, 1, 1, 1))
+        return out[0], out[1]
+
+    # ---------------------------------------------------------------- internals
+    @staticmethod
+    def _run_chunks(fn, x: torch.Tensor, bounds: list[int]) -> torch.Tensor:
+        """Run ``fn`` chunk by chunk; extra passes first resolve clip-level layers (see StreamState)."""
+        stream = StreamState()
+        while True:
+            stream.new_pass()
+            pieces = []
+            for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+                stream.final = i == len(bounds) - 2
+                try:
+                    pieces.append(fn(x[:, :, start:stop], stream))
+                except StopChunk:
+                    continue
+            if stream.collecting is None:
+                return torch.cat(pieces, dim=2)
+            stream.resolved[stream.collecting] = stream.collecting.resolve(stream.collected)
+
+    def _encode_chunk(self, video, stream):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _decode_chunk(self, latents, stream):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"model config not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from e

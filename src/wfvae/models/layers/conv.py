@@ -1,0 +1,77 @@
+"""Convolutions on videos laid out as (B, C, T, H, W)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .stream import StreamState, causal_time_window
+
+
+def _triple(value) -> tuple[int, int, int]:
+    if isinstance(value, (tuple, list)):
+        if len(value) != 3:
+            raise ValueError(f"expected 3 values, got {value}")
+        return tuple(int(v) for v in value)
+    return (int(value),) * 3
+
+
+def frames_to_images(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, H, W) -> (B*T, C, H, W), frame-major like the original's rearrange."""
+    b, c, t, h, w = x.shape
+    return x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+
+
+def images_to_frames(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """(B*T, C, H, W) -> (B, C, T, H, W)."""
+    bt, c, h, w = x.shape
+    return x.reshape(batch, bt // batch, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+class FrameConv2d(nn.Conv2d):
+    """A 2D convolution applied to every frame independently (state-dict keys of ``nn.Conv2d``)."""
+
+    def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+        if x.dim() == 4:
+            return super().forward(x)
+        return images_to_frames(super().forward(frames_to_images(x)), x.shape[0])
+
+
+class CausalConv3d(nn.Module):
+    """3D convolution that is causal in time: output frame t sees input frames <= t only.
+
+    The sequence is padded in front with ``kernel_t - 1`` copies of its first frame (no padding at
+    the end); ``padding`` applies to height and width only. State-dict keys are ``conv.weight`` and
+    ``conv.bias`` as in the original.
+
+    Args:
+        in_channels, out_channels: channel counts.
+        kernel_size: int or (t, h, w).
+        stride: int or (t, h, w).
+        padding: int or (t, h, w); the time entry is ignored (time is padded causally).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True):
+        super().__init__()
+        kernel = _triple(kernel_size)
+        stride = _triple(stride)
+        padding = _triple(padding)
+        self.time_kernel, self.time_stride = kernel[0], stride[0]
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=(0, padding[1], padding[2]), bias=bias)
+
+    def pad(self, x: torch.Tensor, stream: StreamState | None) -> torch.Tensor:
+        """The causally padded input holding whole temporal windows (see ``causal_time_window``)."""
+        return causal_time_window(x, stream, self, self.time_kernel, self.time_stride)
+
+    def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+        x = self.pad(x, stream)
+        if x.shape[2] < self.time_kernel:
+            return self._no_frames(x)
+        return self.conv(x)
+
+    def _no_frames(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.conv
+        b, _, _, h, w = x.shape
+        h_out = (h + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
+        w_out = (w + 2 * conv.padding[2] - conv.kernel_size[2]) // conv.stride[2] + 1
+        return x.new_empty(b, conv.out_channels, 0, h_out, w_out)

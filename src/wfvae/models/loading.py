@@ -1,0 +1,151 @@
+"""``load_model``: one entry point for every weight format a user may hold.
+
+Accepted:
+  * a directory with ``config.json`` and weights as ``model.safetensors``,
+    ``diffusion_pytorch_model.safetensors`` or ``*.ckpt`` (original training checkpoint);
+  * a ``.ckpt`` / ``.safetensors`` / ``.pt`` file plus a config (dict, path, or a ``config.json``
+    next to the file, or the model config stored inside one of our checkpoints).
+
+Torch files are always read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wfvae.errors import CheckpointError, ConfigError
+
+from .base import CONFIG_NAME, WEIGHTS_NAME, VideoAutoencoder, read_config
+from .causalvae import CausalVAE
+from .wfvae import WFVAE
+
+logger = logging.getLogger(__name__)
+
+# model names accepted on the command line (--model_name) and in config "_class_name"
+MODEL_CLASSES: dict[str, type[VideoAutoencoder]] = {"WFVAE": WFVAE, "CausalVAE": CausalVAE}
+_CLASS_NAMES = {"WFVAE": WFVAE, "WFVAEModel": WFVAE, "CausalVAE": CausalVAE, "CausalVAEModel": CausalVAE}
+_SAFETENSORS_NAMES = (WEIGHTS_NAME, "diffusion_pytorch_model.safetensors")
+
+
+def model_class(name: str) -> type[VideoAutoencoder]:
+    """Resolve a model name (``WFVAE``, ``CausalVAE`` or the original ``*Model`` class names)."""
+    try:
+        return _CLASS_NAMES[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODEL_CLASSES)}") from None
+
+
+def build_model(config: dict[str, Any] | str | Path, model_name: str | None = None) -> VideoAutoencoder:
+    """A randomly initialised model from a config (its ``_class_name`` or ``model_name`` picks the class)."""
+    if not isinstance(config, dict):
+        config = read_config(config)
+    name = model_name or config.get("_class_name")
+    if not name:
+        raise ConfigError("config has no '_class_name'; pass model_name='WFVAE' or 'CausalVAE'")
+    cls = model_class(name)
+    if model_name and config.get("_class_name") and model_class(config["_class_name"]) is not cls:
+        raise ConfigError(f"config is for {config['_class_name']} but model_name={model_name!r}")
+    return cls.from_config(config)
+
+
+def _step_of(path: Path) -> int:
+    numbers = re.findall(r"\d+", path.stem)
+    return int(numbers[-1]) if numbers else -1
+
+
+def read_state_dict(path: str | Path, prefer_ema: bool = True) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """Read generator weights from a safetensors or torch file.
+
+    For training checkpoints (original layout), EMA weights are preferred when present and
+    non-empty (as the original does), else ``state_dict.gen_model``. Returns (state_dict,
+    model config stored in the checkpoint or None).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path)), None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt/unsafe files
+        raise CheckpointError(f"cannot read {path} as a weights-only torch checkpoint: {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, not a state dict or checkpoint")
+    stored_config = data.get("model_config") if isinstance(data.get("model_config"), dict) else None
+    if prefer_ema and isinstance(data.get("ema_state_dict"), dict) and len(data["ema_state_dict"]) > 0:
+        logger.info("loading EMA weights from %s", path)
+        return data["ema_state_dict"], stored_config
+    state = data.get("state_dict")
+    if isinstance(state, dict):
+        if isinstance(state.get("gen_model"), dict):
+            return state["gen_model"], stored_config
+        return state, stored_config
+    if all(isinstance(v, torch.Tensor) for v in data.values()):
+        return data, stored_config
+    raise CheckpointError(f"{path}: no 'ema_state_dict', 'state_dict.gen_model' or plain state dict found")
+
+
+def _weights_in_dir(directory: Path) -> Path:
+    for name in _SAFETENSORS_NAMES:
+        if (directory / name).is_file():
+            return directory / name
+    ckpts = sorted(directory.glob("*.ckpt"), key=lambda p: (_step_of(p), p.name))
+    if ckpts:
+        if len(ckpts) > 1:
+            logger.info("several checkpoints in %s; using the latest step: %s", directory, ckpts[-1].name)
+        return ckpts[-1]
+    raise FileNotFoundError(
+        f"no weights in {directory}: expected one of {list(_SAFETENSORS_NAMES)} or a *.ckpt file"
+    )
+
+
+def load_model(
+    path: str | Path,
+    config: dict[str, Any] | str | Path | None = None,
+    model_name: str | None = None,
+    ignore_mismatched_sizes: bool = False,
+    prefer_ema: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> VideoAutoencoder:
+    """Load a WFVAE / CausalVAE with its weights, in eval mode.
+
+    Args:
+        path: a model directory or a weights file (see module docstring).
+        config: model config (dict or path) when ``path`` is a file without a ``config.json``
+            beside it.
+        model_name: "WFVAE" / "CausalVAE" when the config has no ``_class_name``.
+        ignore_mismatched_sizes: keep fresh weights for tensors whose shape differs.
+        prefer_ema: for training checkpoints, use the EMA weights when present.
+    Raises:
+        FileNotFoundError: nothing to load at ``path``; CheckpointError: weights don't fit.
+    """
+    path = Path(path)
+    if path.is_dir():
+        weights = _weights_in_dir(path)
+        if config is None:
+            config = path / CONFIG_NAME
+    elif path.is_file():
+        weights = path
+    else:
+        raise FileNotFoundError(f"no model at {path}")
+    state_dict, stored_config = read_state_dict(weights, prefer_ema=prefer_ema)
+    if config is None:
+        beside = weights.parent / CONFIG_NAME
+        if beside.is_file():
+            config = beside
+        elif stored_config is not None:
+            config = stored_config
+        else:
+            raise ConfigError(f"{weights} has no config: pass config=... or put a {CONFIG_NAME} next to it")
+    model = build_model(config, model_name)
+    model.load_weights(state_dict, strict=True, ignore_mismatched_sizes=ignore_mismatched_sizes)
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    return model.eval()
