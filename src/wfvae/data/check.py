@@ -1,0 +1,159 @@
+"""``wfvae data-check``: list every usable and every bad file of a video folder.
+
+How to run::
+
+    wfvae data-check --video_path /data/kinetics/train --num_frames 33 --sample_rate 1 \\
+        --resolution 256 --json report.json
+
+It probes every file (in parallel; results are cached, see ``--cache_dir``), applies the same
+rules as training (too short = fewer than ``num_frames * sample_rate`` decodable frames), prints
+a summary and, with ``--json``, writes::
+
+    {"videos":  [{"path": "sub/a.mp4", "frames": 120, "fps": 24.0, "width": 640, ...}, ...],
+     "skipped": [{"path": "sub/b.mp4", "reason": "cannot open as a media container (...)"}, ...]}
+
+Paths are relative to ``--video_path``. Exit status: 0 if at least one video is usable,
+1 if none is, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import sys
+from pathlib import Path
+
+from wfvae.data.datasets import _reason_kind
+from wfvae.data.index import build_index
+
+logger = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wfvae data-check", description=__doc__.split("\n\n")[0])
+    p.add_argument("--video_path", required=True, help="dataset folder, searched recursively")
+    p.add_argument("--num_frames", type=int, required=True, help="frames per training clip")
+    p.add_argument("--sample_rate", type=int, default=1, help="frame interval inside a clip")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=256,
+        help="short side after resizing (pixels); smaller videos are flagged as upscaled",
+    )
+    p.add_argument("--json", dest="json_path", default=None, help="write the full report here")
+    p.add_argument("--cache_dir", default=None, help="probe cache folder (default: user cache dir)")
+    p.add_argument(
+        "--short_video_policy",
+        choices=["skip", "pad"],
+        default="skip",
+        help="too-short videos: skip (default) or keep and pad",
+    )
+    p.add_argument("--include_images", action="store_true", help="also check jpg/png/webp as one-frame clips")
+    p.add_argument("--num_workers", type=int, default=None, help="probing threads (default: min(8, cpus))")
+    return p
+
+
+def check_folder(
+    video_path: str,
+    num_frames: int,
+    sample_rate: int = 1,
+    resolution: int = 256,
+    short_video_policy: str = "skip",
+    include_images: bool = False,
+    cache_dir: str | None = None,
+    num_workers: int | None = None,
+    show_progress: bool | None = None,
+) -> dict:
+    """Probe a folder and sort its files into usable videos and skipped files.
+
+    Returns:
+        ``{"videos": [{"path", "frames", "fps", "width", "height", "rotation", "codec",
+        "pix_fmt", "header_frames", "padded", "upscaled"}], "skipped": [{"path", "reason"}]}``.
+    """
+    entries, _ = build_index(
+        video_path,
+        include_images=include_images,
+        cache_dir=cache_dir,
+        num_workers=num_workers,
+        show_progress=show_progress,
+    )
+    need = num_frames * sample_rate
+    videos, skipped = [], []
+    for e in entries:
+        if e.info is None:
+            skipped.append({"path": e.path, "reason": e.error})
+            continue
+        info = e.info
+        short = not info.is_image and info.frames < need
+        if short and short_video_policy == "skip":
+            reason = f"too short: {info.frames} decodable frames < num_frames*sample_rate = {need}"
+            if info.header_frames > info.frames:
+                reason += f" (header claims {info.header_frames}; truncated?)"
+            skipped.append({"path": e.path, "reason": reason})
+            continue
+        row = {"path": e.path, **info.to_dict(), "padded": short, "upscaled": min(info.width, info.height) < resolution}
+        for key in ("start_pts", "pts_step", "constant_rate"):  # decoder internals, not for people
+            row.pop(key)
+        videos.append(row)
+    return {"videos": videos, "skipped": skipped}
+
+
+def _summary(report: dict, root: str, need: int) -> str:
+    videos, skipped = report["videos"], report["skipped"]
+    lines = [f"{root}: {len(videos)} usable videos, {len(skipped)} skipped (a clip needs {need} frames)"]
+    if videos:
+        frames = sorted(v["frames"] for v in videos)
+        lines.append(f"  frames per video: min {frames[0]}, median {frames[len(frames) // 2]}, max {frames[-1]}")
+        for flag, text in (
+            ("padded", "padded (too short, last frame repeated)"),
+            ("upscaled", "smaller than --resolution (upscaled)"),
+        ):
+            n = sum(v[flag] for v in videos)
+            if n:
+                lines.append(f"  {n} {text}")
+        rotated = sum(v["rotation"] != 0 for v in videos)
+        if rotated:
+            lines.append(f"  {rotated} with rotation metadata (decoded upright)")
+    if skipped:
+        counts = collections.Counter(_reason_kind(s["reason"]) for s in skipped)
+        lines.append("  skipped by reason: " + ", ".join(f"{kind}: {n}" for kind, n in counts.most_common()))
+        for s in skipped:
+            lines.append(f"  SKIP {s['path']}: {s['reason']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.num_frames < 1 or args.sample_rate < 1 or args.resolution < 1:
+        print("wfvae data-check: --num_frames, --sample_rate and --resolution must be >= 1", file=sys.stderr)
+        return 2
+    from wfvae.utils.logging import setup_logging
+
+    setup_logging()
+    try:
+        report = check_folder(
+            args.video_path,
+            args.num_frames,
+            args.sample_rate,
+            args.resolution,
+            short_video_policy=args.short_video_policy,
+            include_images=args.include_images,
+            cache_dir=args.cache_dir,
+            num_workers=args.num_workers,
+        )
+    except FileNotFoundError as e:
+        print(f"wfvae data-check: {e}", file=sys.stderr)
+        return 2
+    if args.json_path:
+        out = Path(args.json_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+    print(_summary(report, args.video_path, args.num_frames * args.sample_rate))
+    if args.json_path:
+        print(f"report written to {args.json_path}")
+    if not report["videos"]:
+        print(f"wfvae data-check: no usable video under {args.video_path}", file=sys.stderr)
+        return 1
+    return 0
