@@ -1,0 +1,520 @@
+"""Dataset-level PSNR / SSIM / LPIPS / FVD between a folder of real videos and their reconstructions.
+
+How to run::
+
+    wfvae evaluate --real_video_dir video_gen/test_sr1_nf33_res256_subset0/origin \\
+        --generated_video_dir video_gen/test_sr1_nf33_res256_subset0 \\
+        --metric psnr,ssim,lpips --num_frames 33 --resolution 256 --json metrics.json
+
+    # FVD needs a local I3D detector (never downloaded):
+    wfvae evaluate ... --metric fvd --fvd_variant styleganv --fvd_weights /weights/i3d_torchscript.pt
+
+    # from Python
+    from wfvae.evaluation.evaluate import evaluate_folders
+    result = evaluate_folders("real/", "recon/", ["psnr", "ssim"], num_frames=33)
+    result["dataset"]["psnr"]
+
+Pairing: videos are matched by relative path without extension (``a/b.mp4`` <-> ``a/b.mkv``), found
+recursively. On the generated side, the ``origin/`` subfolder (where reconstruction saves the ground
+truth) and the real folder itself, if it lies inside, are skipped. Any video without a partner is
+an error that lists them.
+
+Frames: real videos are read from frame 0 with step ``--sample_rate``; generated videos with step 1,
+because reconstructions are already subsampled (this is what the original ``scripts/eval.py`` does).
+``examples/eval.sh`` therefore passes ``--sample_rate 1`` when the real folder is the saved
+``origin/``. Both sides are then resized (short side to ``--resolution``, in the decoder, exactly
+as the training data pipeline does) and centre-cropped to a square; frames already of that size
+are left untouched, so everything stays uint8 and lossless files compare exactly.
+
+Aggregation: PSNR, SSIM and LPIPS are computed per video (over all its frames) and averaged over
+videos. FVD is one Frechet distance between the I3D feature sets of all real and all generated
+videos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from wfvae.evaluation import metrics as M
+
+logger = logging.getLogger(__name__)
+
+#: Metrics this module computes, in output order.
+METRICS = ("psnr", "ssim", "lpips", "fvd")
+#: Subfolder of the generated folder that holds the ground-truth copies (skipped when pairing).
+ORIGIN_SUBDIR = "origin"
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation run (flat names match the CLI options)."""
+
+    real_video_dir: str = ""
+    """Folder of ground-truth videos (searched recursively)."""
+    generated_video_dir: str = ""
+    """Folder of reconstructions (searched recursively, ``origin/`` skipped)."""
+    metric: list[str] = field(default_factory=lambda: ["lpips"])
+    """Any of psnr, ssim, lpips, fvd."""
+    num_frames: int | None = 33
+    """Frames per video to compare; ``None`` or 0 means all (both sides must then match)."""
+    sample_rate: int = 1
+    """Frame step on the real side (the generated side is always read with step 1)."""
+    resolution: int | None = 256
+    """Short side after resizing, then centre crop to a square; ``None`` or 0 keeps frames as they are."""
+    subset_size: int = 0
+    """Evaluate only the first N pairs in sorted path order; 0 means all."""
+    device: str = "cpu"
+    """Torch device for LPIPS and I3D."""
+    batch_size: int = 4
+    """Videos per I3D forward pass (memory only; does not change results)."""
+    num_workers: int = 2
+    """Video-decoding worker processes (0 decodes in the main process)."""
+    lpips_net: str = "alex"
+    """LPIPS trunk: alex (usual for evaluation) or vgg."""
+    lpips_backbone_path: str | None = None
+    """torchvision ImageNet checkpoint of the LPIPS trunk (else $WFVAE_LPIPS_BACKBONE / torch hub cache)."""
+    fvd_variant: str = "styleganv"
+    """I3D detector: styleganv (TorchScript i3d_torchscript.pt) or videogpt (i3d_pretrained_400.pt)."""
+    fvd_weights: str | None = None
+    """Path of the I3D detector file (else $WFVAE_I3D_PATH)."""
+
+    def validate(self) -> None:
+        from wfvae.errors import ConfigError
+
+        unknown = [m for m in self.metric if m not in METRICS]
+        if unknown or not self.metric:
+            raise ConfigError(f"--metric {','.join(self.metric) or '(empty)'}: choose from {', '.join(METRICS)}")
+        if self.sample_rate < 1:
+            raise ConfigError(f"--sample_rate must be >= 1, got {self.sample_rate}")
+        if self.num_frames is not None and self.num_frames < 0:
+            raise ConfigError(f"--num_frames must be >= 0 (0 = all frames), got {self.num_frames}")
+        if self.resolution is not None and self.resolution < 0:
+            raise ConfigError(f"--resolution must be >= 0 (0 = keep size), got {self.resolution}")
+        if self.subset_size < 0:
+            raise ConfigError(f"--subset_size must be >= 0 (0 = all), got {self.subset_size}")
+        if self.lpips_net not in ("alex", "vgg"):
+            raise ConfigError(f"--lpips_net must be alex or vgg, got {self.lpips_net}")
+        if self.fvd_variant not in ("styleganv", "videogpt"):
+            raise ConfigError(f"--fvd_variant must be styleganv or videogpt, got {self.fvd_variant}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch_size must be >= 1, got {self.batch_size}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pairing
+# ----------------------------------------------------------------------------------------------
+
+
+def _video_extensions() -> frozenset[str]:
+    from wfvae.data.video_io import VIDEO_EXTENSIONS
+
+    return VIDEO_EXTENSIONS
+
+
+def scan_videos(root: str | os.PathLike, exclude: Iterable[Path] = ()) -> dict[str, Path]:
+    """Map ``relative/path/without/extension`` -> file for every video under ``root``.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a directory.
+        ValueError: two files differ only by extension (``a.mp4`` and ``a.mkv``), so pairing
+            would be ambiguous.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"video folder '{root}' does not exist or is not a directory")
+    excluded = [Path(p).resolve() for p in exclude]
+    exts = _video_extensions()
+    found: dict[str, Path] = {}
+    clashes: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if (here / d).resolve() not in excluded)
+        for name in sorted(filenames):
+            path = here / name
+            if path.suffix.lower() not in exts:
+                continue
+            key = path.relative_to(root).with_suffix("").as_posix()
+            if key in found:
+                clashes.append(f"{found[key].relative_to(root)} / {path.relative_to(root)}")
+                continue
+            found[key] = path
+    if clashes:
+        raise ValueError(f"'{root}': videos that differ only by extension cannot be paired: {clashes}")
+    return found
+
+
+def pair_videos(real_dir: str | os.PathLike, generated_dir: str | os.PathLike) -> list[tuple[str, Path, Path]]:
+    """Pair videos of two folders by relative path without extension.
+
+    The generated side skips its ``origin/`` subfolder and, if nested inside it, the real folder.
+
+    Returns:
+        ``[(key, real_file, generated_file), ...]`` sorted by key.
+
+    Raises:
+        ValueError: some video has no partner (all are listed), or a folder has no videos.
+    """
+    real_dir, generated_dir = Path(real_dir), Path(generated_dir)
+    skip = [generated_dir / ORIGIN_SUBDIR]
+    if real_dir.resolve().is_relative_to(generated_dir.resolve()):
+        skip.append(real_dir)
+    real = scan_videos(real_dir)
+    generated = scan_videos(generated_dir, exclude=skip)
+    if not real:
+        raise ValueError(f"no videos found in real folder '{real_dir}'")
+    if not generated:
+        raise ValueError(f"no videos found in generated folder '{generated_dir}' (its '{ORIGIN_SUBDIR}/' is skipped)")
+    only_real = sorted(set(real) - set(generated))
+    only_generated = sorted(set(generated) - set(real))
+    if only_real or only_generated:
+        lines = ["videos without a partner (matched by relative path without extension):"]
+        lines += [f"  only in real '{real_dir}': {real[k].relative_to(real_dir)}" for k in only_real]
+        lines += [
+            f"  only in generated '{generated_dir}': {generated[k].relative_to(generated_dir)}"
+            for k in only_generated
+        ]
+        raise ValueError("\n".join(lines))
+    return [(k, real[k], generated[k]) for k in sorted(real)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def center_crop(video: torch.Tensor, resolution: int | None) -> torch.Tensor:
+    """Centred ``resolution x resolution`` crop of a ``(C, T, H, W)`` clip (no-op for ``None``/0).
+
+    Uses the training data pipeline's centre rule (:func:`wfvae.data.transforms.crop_offsets`).
+    """
+    if not resolution:
+        return video
+    from wfvae.data.transforms import crop_offsets
+
+    top, left = crop_offsets(video.shape[2], video.shape[3], resolution, resolution)
+    return video[:, :, top : top + resolution, left : left + resolution]
+
+
+class _PairDataset(torch.utils.data.Dataset):
+    """Decodes one (real, generated) pair per item; worker processes parallelise decoding."""
+
+    def __init__(self, pairs: Sequence[tuple[str, Path, Path]], cfg: EvalConfig):
+        self.pairs = list(pairs)
+        self.num_frames = cfg.num_frames or None
+        self.sample_rate = cfg.sample_rate
+        self.resolution = cfg.resolution or None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _load(self, path: Path, step: int) -> torch.Tensor:
+        from wfvae.data.video_io import read_video
+
+        # Resize as the training/reconstruction data pipeline does (in the decoder, short side to
+        # `resolution`); frames already at that size are not touched, so lossless files compare exactly.
+        frames = read_video(path, start=0, num_frames=self.num_frames, step=step, short_side=self.resolution)
+        video = torch.from_numpy(frames).permute(3, 0, 1, 2)  # (3, T, H, W) uint8
+        return center_crop(video, self.resolution)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        key, real_path, gen_path = self.pairs[index]
+        real = self._load(real_path, self.sample_rate)
+        generated = self._load(gen_path, 1)
+        if real.shape != generated.shape:
+            raise ValueError(
+                f"'{key}': real {real_path} gives (C, T, H, W) {tuple(real.shape)} but generated "
+                f"{gen_path} gives {tuple(generated.shape)}; set --num_frames / --resolution so both agree"
+            )
+        return {"key": key, "real": real, "generated": generated}
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def evaluate_folders(
+    real_dir: str | os.PathLike,
+    gen_dir: str | os.PathLike,
+    metrics: Sequence[str] | str = ("psnr", "ssim", "lpips"),
+    *,
+    num_frames: int | None = 33,
+    sample_rate: int = 1,
+    resolution: int | None = 256,
+    subset_size: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 4,
+    num_workers: int = 0,
+    lpips_net: str = "alex",
+    lpips_backbone_path: str | None = None,
+    lpips_model: torch.nn.Module | None = None,
+    fvd_variant: str = "styleganv",
+    fvd_weights: str | None = None,
+    fvd_extractor: Any | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Compare every generated video with its real counterpart.
+
+    Args:
+        real_dir, gen_dir: folders; see the module docstring for pairing and frame selection.
+        metrics: names from :data:`METRICS`, as a list or a comma-separated string.
+        num_frames, sample_rate, resolution, subset_size, device, batch_size, num_workers,
+        lpips_net, lpips_backbone_path, fvd_variant, fvd_weights: see :class:`EvalConfig`.
+        lpips_model: an already loaded LPIPS module (reused by training); overrides
+            ``lpips_net`` / ``lpips_backbone_path``.
+        fvd_extractor: an already loaded :class:`wfvae.evaluation.fvd.I3DFeatureExtractor`.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``{"dataset": {metric: value}, "per_video": [{"path": key, "real": file,
+        "generated": file, metric: value, ...}], "num_videos": N, "psnr_cap_db": cap,
+        "psnr_capped_videos": k, "notes": [...], "config": {...}}``. FVD appears only in
+        ``dataset``.
+
+    Raises:
+        ValueError: unpaired videos, mismatched shapes, too few videos for FVD.
+        MissingWeightsError: LPIPS trunk or I3D detector not on disk.
+        VideoDecodeError: a video cannot be decoded or is too short.
+    """
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    cfg = EvalConfig(
+        real_video_dir=str(real_dir),
+        generated_video_dir=str(gen_dir),
+        metric=list(dict.fromkeys(metrics)),
+        num_frames=num_frames or None,
+        sample_rate=sample_rate,
+        resolution=resolution or None,
+        subset_size=subset_size,
+        device=str(device),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        lpips_net=lpips_net,
+        lpips_backbone_path=lpips_backbone_path,
+        fvd_variant=fvd_variant,
+        fvd_weights=fvd_weights,
+    )
+    cfg.validate()
+    wanted = [m for m in METRICS if m in cfg.metric]
+
+    pairs = pair_videos(real_dir, gen_dir)
+    if cfg.subset_size:
+        if cfg.subset_size > len(pairs):
+            logger.warning("--subset_size %d > %d pairs; using all", cfg.subset_size, len(pairs))
+        pairs = pairs[: cfg.subset_size]
+    logger.info("evaluating %s on %d video pairs", ",".join(wanted), len(pairs))
+    if "fvd" in wanted and len(pairs) < 2:
+        raise ValueError(f"FVD needs at least 2 videos per set (a covariance), got {len(pairs)}")
+
+    # Load networks before decoding anything, so a missing weight file fails immediately.
+    lpips_net_module = None
+    if "lpips" in wanted:
+        if lpips_model is not None:
+            lpips_net_module = lpips_model
+        else:
+            from wfvae.losses.lpips import load_lpips
+
+            lpips_net_module = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=cfg.device)
+    extractor = None
+    if "fvd" in wanted:
+        if fvd_extractor is not None:
+            extractor = fvd_extractor
+        else:
+            from wfvae.evaluation.fvd import load_i3d
+
+            extractor = load_i3d(cfg.fvd_variant, cfg.fvd_weights, device=cfg.device)
+
+    loader = torch.utils.data.DataLoader(
+        _PairDataset(pairs, cfg),
+        batch_size=None,  # one pair per item: sizes may differ when resolution is 0
+        num_workers=cfg.num_workers,
+    )
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, total=len(pairs), desc="evaluate", disable=not sys.stdout.isatty())
+
+    per_video: list[dict[str, Any]] = []
+    real_feats: list[np.ndarray] = []
+    gen_feats: list[np.ndarray] = []
+    fvd_queue: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def flush_fvd() -> None:
+        if not fvd_queue:
+            return
+        # Videos in one I3D batch must share a shape (they differ only when resolution is 0).
+        groups: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for real_v, gen_v in fvd_queue:
+            groups.setdefault(tuple(real_v.shape), []).append((real_v, gen_v))
+        for items in groups.values():
+            real_feats.append(extractor(torch.stack([r for r, _ in items])))
+            gen_feats.append(extractor(torch.stack([g for _, g in items])))
+        fvd_queue.clear()
+
+    started = time.perf_counter()
+    for item in loader:
+        key = item["key"]
+        real = item["real"].unsqueeze(0)  # (1, 3, T, H, W) uint8
+        generated = item["generated"].unsqueeze(0)
+        row: dict[str, Any] = {"path": key}
+        if "psnr" in wanted:
+            row["psnr"] = float(M.psnr(real, generated)[0])
+        if "ssim" in wanted:
+            row["ssim"] = float(M.ssim(real, generated)[0])
+        if "lpips" in wanted:
+            row["lpips"] = float(M.lpips(real, generated, lpips_net_module)[0])
+        if extractor is not None:
+            fvd_queue.append((real[0], generated[0]))
+            if len(fvd_queue) >= cfg.batch_size:
+                flush_fvd()
+        per_video.append(row)
+    if extractor is not None:
+        flush_fvd()
+    elapsed = time.perf_counter() - started
+
+    files = {k: (r, g) for k, r, g in pairs}
+    for row in per_video:
+        real_path, gen_path = files[row["path"]]
+        row["real"], row["generated"] = str(real_path), str(gen_path)
+
+    dataset: dict[str, float] = {}
+    notes: list[str] = []
+    for name in ("psnr", "ssim", "lpips"):
+        if name in wanted:
+            dataset[name] = float(np.mean([row[name] for row in per_video]))
+    capped = 0
+    if "psnr" in wanted:
+        capped = sum(row["psnr"] >= M.PSNR_CAP_DB for row in per_video)
+        if capped:
+            notes.append(
+                f"PSNR of identical videos is infinite and is reported as the cap {M.PSNR_CAP_DB:g} dB "
+                f"({capped} of {len(per_video)} videos)"
+            )
+    if extractor is not None:
+        from wfvae.evaluation.fvd import fvd_from_features
+
+        real_all, gen_all = np.concatenate(real_feats), np.concatenate(gen_feats)
+        dataset["fvd"] = fvd_from_features(real_all, gen_all)
+        if len(real_all) < real_all.shape[1]:
+            notes.append(
+                f"FVD from {len(real_all)} videos (< {real_all.shape[1]} feature dimensions) is biased "
+                f"and not comparable with published values"
+            )
+    logger.info("evaluated %d pairs in %.1f s", len(per_video), elapsed)
+    return {
+        "dataset": dataset,
+        "per_video": per_video,
+        "num_videos": len(per_video),
+        "psnr_cap_db": M.PSNR_CAP_DB,
+        "psnr_capped_videos": int(capped),
+        "notes": notes,
+        "config": asdict(cfg),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wfvae evaluate",
+        description="PSNR / SSIM / LPIPS / FVD between a folder of real videos and a folder of reconstructions.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    d = EvalConfig()
+    p.add_argument("--real_video_dir", required=True, help="ground-truth videos (recursive)")
+    p.add_argument("--generated_video_dir", required=True, help="reconstructions (recursive; origin/ skipped)")
+    p.add_argument("--metric", default="lpips", help=f"comma list of {', '.join(METRICS)}")
+    p.add_argument("--num_frames", type=int, default=d.num_frames, help="frames per video; 0 = all")
+    p.add_argument("--sample_rate", type=int, default=d.sample_rate, help="frame step on the real side")
+    p.add_argument("--resolution", type=int, default=d.resolution, help="short side + square centre crop; 0 = keep")
+    p.add_argument("--crop_size", type=int, default=None, help="accepted for the original eval.sh; must equal --resolution")
+    p.add_argument("--subset_size", type=int, default=d.subset_size, help="first N pairs only; 0 = all")
+    p.add_argument("--device", default=None, help="torch device; default cuda if available else cpu")
+    p.add_argument("--batch_size", type=int, default=d.batch_size, help="videos per I3D forward")
+    p.add_argument("--num_workers", type=int, default=d.num_workers, help="decoding processes")
+    p.add_argument("--lpips_net", choices=("alex", "vgg"), default=d.lpips_net)
+    p.add_argument("--lpips_backbone_path", default=None, help="torchvision ImageNet weights of the LPIPS trunk")
+    p.add_argument("--fvd_variant", choices=("styleganv", "videogpt"), default=d.fvd_variant)
+    p.add_argument("--fvd_method", dest="fvd_variant", choices=("styleganv", "videogpt"), help="alias of --fvd_variant (original name)")
+    p.add_argument("--fvd_weights", default=None, help="I3D detector file (else $WFVAE_I3D_PATH)")
+    p.add_argument("--json", dest="json_path", default=None, help="write per-video and dataset values here")
+    return p
+
+
+def format_results(result: dict[str, Any]) -> str:
+    """The CLI's stdout: a per-video table, then one ``name: value`` line per metric, then notes."""
+    names = [m for m in ("psnr", "ssim", "lpips") if m in result["dataset"]]
+    lines: list[str] = []
+    if names:
+        width = max(12, *(len(r["path"]) for r in result["per_video"]))
+        lines.append(f"{'video'.ljust(width)}  " + "  ".join(n.rjust(10) for n in names))
+        for row in result["per_video"]:
+            lines.append(f"{row['path'].ljust(width)}  " + "  ".join(f"{row[n]:10.4f}" for n in names))
+        lines.append("")
+    lines.append(f"videos: {result['num_videos']}")
+    for name in METRICS:
+        if name in result["dataset"]:
+            lines.append(f"{name}: {result['dataset'][name]:.4f}")
+    if "psnr" in result["dataset"]:
+        lines.append(f"psnr_cap_db: {result['psnr_cap_db']:g} (identical videos: {result['psnr_capped_videos']})")
+    lines += [f"note: {n}" for n in result["notes"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from wfvae.errors import CheckpointError, ConfigError, MissingWeightsError, VideoDecodeError
+    from wfvae.utils.logging import setup_logging
+
+    args = _build_parser().parse_args(argv)
+    setup_logging()
+    if args.crop_size is not None and args.crop_size != args.resolution:
+        print(f"wfvae evaluate: --crop_size {args.crop_size} must equal --resolution {args.resolution}", file=sys.stderr)
+        return 2
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        result = evaluate_folders(
+            args.real_video_dir,
+            args.generated_video_dir,
+            args.metric,
+            num_frames=args.num_frames,
+            sample_rate=args.sample_rate,
+            resolution=args.resolution,
+            subset_size=args.subset_size,
+            device=device,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            lpips_net=args.lpips_net,
+            lpips_backbone_path=args.lpips_backbone_path,
+            fvd_variant=args.fvd_variant,
+            fvd_weights=args.fvd_weights,
+            progress=True,
+        )
+    except (ConfigError, MissingWeightsError, CheckpointError, VideoDecodeError, FileNotFoundError, ValueError) as e:
+        print(f"wfvae evaluate: error: {e}", file=sys.stderr)
+        return 1
+    print(format_results(result))
+    if args.json_path:
+        out = Path(args.json_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+        logger.info("wrote %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

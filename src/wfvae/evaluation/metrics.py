@@ -1,0 +1,172 @@
+"""Per-video reconstruction metrics: PSNR, SSIM, LPIPS.
+
+How to use::
+
+    from wfvae.evaluation.metrics import psnr, ssim, lpips
+    p = psnr(real, recon)    # (B,) dB, capped at PSNR_CAP_DB
+    s = ssim(real, recon)    # (B,)
+    d = lpips(real, recon, model=load_lpips("alex"))  # (B,)
+
+Input convention for every function here: two videos of identical shape ``(B, C, T, H, W)``, either
+floating point in ``[-1, 1]`` (the model's range) or ``uint8`` in ``[0, 255]`` (decoded files). Both
+are mapped to ``[0, 1]`` first, so ``data_range`` is 1 and results do not depend on which form was
+passed. Floating inputs are clamped to ``[-1, 1]`` (a decoder output slightly out of range is
+what a saved video would contain after clipping).
+
+Each function returns one value per video (shape ``(B,)``, float64 for PSNR/SSIM); dataset values
+are the mean over videos (see :mod:`wfvae.evaluation.evaluate`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: PSNR reported for a video whose MSE is 0 (identical videos). PSNR is infinite there; we report
+#: this finite cap instead so means stay finite, and the evaluation output states the cap and how
+#: many videos hit it. 100 dB corresponds to MSE = 1e-10 on the [0, 1] scale, far below one
+#: uint8 quantisation step (~ 48 dB for an error of one level everywhere).
+PSNR_CAP_DB = 100.0
+
+#: SSIM constants of Wang et al. 2004 (https://ieeexplore.ieee.org/document/1284395).
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+#: Gaussian window: 11x11, sigma 1.5 (the same window scikit-image builds with
+#: ``gaussian_weights=True, sigma=1.5``: radius ``int(3.5 * 1.5 + 0.5) = 5``).
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
+
+
+def to_unit_range(video: torch.Tensor) -> torch.Tensor:
+    """Map a ``uint8`` [0, 255] or float [-1, 1] tensor to float64 in [0, 1]."""
+    if video.dtype == torch.uint8:
+        return video.to(torch.float64) / 255.0
+    if not video.is_floating_point():
+        raise TypeError(f"expected uint8 or floating point video, got {video.dtype}")
+    return (video.to(torch.float64).clamp(-1.0, 1.0) + 1.0) / 2.0
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"videos must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.ndim != 5:
+        raise ValueError(f"expected (B, C, T, H, W) videos, got shape {tuple(a.shape)}")
+
+
+def mse_per_video(real: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """Mean squared error on the [0, 1] scale over all channels, frames and pixels; ``(B,)``."""
+    _check_pair(real, recon)
+    diff = to_unit_range(real) - to_unit_range(recon)
+    return diff.square().flatten(1).mean(dim=1)
+
+
+def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
+    """``10 log10(1 / mse)`` (peak 1), with ``mse == 0`` mapped to :data:`PSNR_CAP_DB`."""
+    out = 10.0 * torch.log10(1.0 / mse.clamp_min(torch.finfo(mse.dtype).tiny))
+    return out.clamp(max=PSNR_CAP_DB)
+
+
+def psnr(real: torch.Tensor, recon: torch.Tensor, per_frame: bool = False) -> torch.Tensor:
+    """Peak signal-to-noise ratio of each video, in dB.
+
+    Args:
+        real, recon: ``(B, C, T, H, W)``; see the module docstring for the value range.
+        per_frame: ``False`` (default): one MSE over all frames of a video, then PSNR — the same
+            as ``skimage.metrics.peak_signal_noise_ratio`` on the whole ``(T, H, W, C)`` array.
+            ``True``: PSNR of each frame, then the mean over frames (what the original WF-VAE
+            ``cal_psnr.py`` reports); it is never smaller than the default and differs when
+            error varies across frames.
+
+    Returns:
+        ``(B,)`` float64; identical videos (or frames) give :data:`PSNR_CAP_DB`.
+    """
+    _check_pair(real, recon)
+    if not per_frame:
+        return psnr_from_mse(mse_per_video(real, recon))
+    diff = to_unit_range(real) - to_unit_range(recon)  # (B, C, T, H, W)
+    frame_mse = diff.square().mean(dim=(1, 3, 4))  # (B, T)
+    return psnr_from_mse(frame_mse).mean(dim=1)
+
+
+def _gaussian_window(device: torch.device) -> torch.Tensor:
+    radius = SSIM_WINDOW // 2
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
+    g = torch.exp(-0.5 * (x / SSIM_SIGMA) ** 2)
+    g = g / g.sum()
+    return torch.outer(g, g).view(1, 1, SSIM_WINDOW, SSIM_WINDOW)
+
+
+def ssim_frames(real: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """SSIM of each frame, averaged over channels; ``(B, T)`` float64.
+
+    The local statistics use the 11x11 Gaussian window only where it fits entirely inside the
+    frame (a "valid" filter), and the SSIM map is averaged over that region. This is what
+    scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1, channel_axis=-1)`` computes (it filters with
+    reflection padding and then crops the 5-pixel border) and what the original WF-VAE
+    ``cal_ssim.py`` computes with OpenCV. Frames must be at least 11x11 pixels.
+    """
+    _check_pair(real, recon)
+    b, c, t, h, w = real.shape
+    if h < SSIM_WINDOW or w < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {h}x{w}")
+    x = to_unit_range(real).transpose(1, 2).reshape(b * t * c, 1, h, w)  # (B*T*C, 1, H, W)
+    y = to_unit_range(recon).transpose(1, 2).reshape(b * t * c, 1, h, w)
+    window = _gaussian_window(x.device)
+
+    def local_mean(z: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(z, window)  # valid: (N, 1, H - 10, W - 10)
+
+    mu_x, mu_y = local_mean(x), local_mean(y)
+    # Population (biased) local variances, as with use_sample_covariance=False.
+    var_x = local_mean(x * x) - mu_x * mu_x
+    var_y = local_mean(y * y) - mu_y * mu_y
+    cov_xy = local_mean(x * y) - mu_x * mu_y
+    c1, c2 = SSIM_K1**2, SSIM_K2**2  # data_range = 1
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / (
+        (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+    )
+    return ssim_map.flatten(1).mean(dim=1).view(b, t, c).mean(dim=2)
+
+
+def ssim(real: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """Structural similarity of each video: mean of per-frame SSIM (see :func:`ssim_frames`); ``(B,)``."""
+    return ssim_frames(real, recon).mean(dim=1)
+
+
+def lpips(real: torch.Tensor, recon: torch.Tensor, model: torch.nn.Module, frame_batch: int = 64) -> torch.Tensor:
+    """LPIPS of each video: mean over frames of the per-frame distance; ``(B,)`` float32.
+
+    Args:
+        real, recon: ``(B, 3, T, H, W)``; uint8 or [-1, 1] float.
+        model: from :func:`wfvae.losses.lpips.load_lpips` (its device is used).
+        frame_batch: frames per forward pass; memory only.
+    """
+    from wfvae.losses.lpips import lpips_video
+
+    _check_pair(real, recon)
+    device = next(model.parameters()).device
+    # LPIPS expects [-1, 1]; compute in float32 as the network does.
+    x = (to_unit_range(real) * 2.0 - 1.0).to(device=device, dtype=torch.float32)
+    y = (to_unit_range(recon) * 2.0 - 1.0).to(device=device, dtype=torch.float32)
+    with torch.no_grad():
+        return lpips_video(model, x, y, frame_batch=frame_batch).cpu()
+
+
+def psnr_cap_note(values: torch.Tensor) -> str:
+    """Human-readable note on how many PSNR values hit the cap (empty string if none)."""
+    capped = int((values >= PSNR_CAP_DB).sum())
+    if capped == 0:
+        return ""
+    return f"{capped} of {values.numel()} videos identical: PSNR capped at {PSNR_CAP_DB:g} dB"
+
+
+__all__ = [
+    "PSNR_CAP_DB",
+    "lpips",
+    "mse_per_video",
+    "psnr",
+    "psnr_cap_note",
+    "psnr_from_mse",
+    "ssim",
+    "ssim_frames",
+    "to_unit_range",
+]

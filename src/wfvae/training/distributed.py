@@ -1,0 +1,122 @@
+"""Process-group set-up and the few collectives the trainer needs, device-agnostic.
+
+How to use::
+
+    env = init_distributed("auto")    # reads RANK / LOCAL_RANK / WORLD_SIZE (set by torchrun)
+    if env.is_main: ...
+    all_reduce_sum_(tensor, env)      # no-op in a plain single process
+    cleanup(env)
+
+Backend: nccl on CUDA, gloo on CPU. Without torchrun (no ``WORLD_SIZE``) or with one process, no process
+group is created and every helper is a no-op; this is the only module that reads these variables.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DistEnv", "init_distributed", "cleanup", "barrier", "all_reduce_sum_", "all_gather_object",
+           "broadcast_object"]
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    backend: str | None  # None when no process group exists
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError as e:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from e
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv:
+    """Create the process group (if launched with more than one process) and pick this process's device.
+
+    Args:
+        device: ``"auto"`` (CUDA when visible, else CPU), ``"cuda"`` or ``"cpu"``.
+        timeout_s: collective timeout; a hung rank surfaces as an error after this long.
+    """
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    world_size = _env_int("WORLD_SIZE", 1)
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but no CUDA device is visible")
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} GPUs are visible; "
+                               "launch at most one process per GPU")
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    backend = None
+    if world_size > 1:
+        backend = "nccl" if use_cuda else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
+                                **({"device_id": dev} if use_cuda else {}))
+        logger.info("process group up: backend=%s rank=%d/%d device=%s", backend, rank, world_size, dev)
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=dev, backend=backend)
+
+
+def cleanup(env: DistEnv) -> None:
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum_(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """In-place sum over ranks (a device sync point on CUDA only when the caller reads the result)."""
+    if env.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_object(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` without a process group)."""
+    if not env.distributed:
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, env: DistEnv, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not env.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
