@@ -57,12 +57,19 @@ def _cmd_latent_stats(argv):
     return stats_main(argv)
 
 
+def _cmd_report(argv):
+    from wfvae.report.html import main
+
+    return main(argv)
+
+
 # name -> (function, one-line help). Explicit on purpose: grep finds every command here.
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (_cmd_train, "train a WFVAE / CausalVAE (single process or under torchrun)"),
     "data-check": (_cmd_data_check, "scan a video folder, report every usable and every bad file"),
     "reconstruct": (_cmd_reconstruct, "reconstruct videos with a trained VAE (gen_video.sh)"),
     "evaluate": (_cmd_evaluate, "PSNR / SSIM / LPIPS / FVD between two video folders (eval.sh)"),
+    "report": (_cmd_report, "self-contained HTML report of a run folder: curves, reconstructions, metrics"),
     "encode": (_cmd_encode, "encode a video folder into latent shards (safetensors + JSON index)"),
     "decode": (_cmd_decode, "decode a latents folder back into videos"),
     "latent-stats": (_cmd_latent_stats, "per-channel latent mean/std as the config's scale/shift"),

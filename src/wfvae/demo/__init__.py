@@ -1,0 +1,1 @@
+"""The ``wfvae demo`` pieces: a small built-in dataset of realistic clips (:mod:`wfvae.demo.dataset`)."""
