@@ -24,8 +24,15 @@ import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DistEnv", "init_distributed", "cleanup", "barrier", "all_reduce_sum_", "all_gather_object",
-           "broadcast_object"]
+__all__ = [
+    "DistEnv",
+    "all_gather_object",
+    "all_reduce_sum_",
+    "barrier",
+    "broadcast_object",
+    "cleanup",
+    "init_distributed",
+]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,326 @@
+"""Typed configuration for ``wfvae`` training, parsed once from the command line.
+
+How to use::
+
+    from wfvae.config import parse_train_config
+    cfg = parse_train_config(["--video_path", "data/", "--model_name", "WFVAE",
+                              "--model_config", "examples/configs/wfvae_tiny.json"])
+    cfg.validate()          # cheap checks: paths, choices, numbers that depend on each other
+    cfg.validate_against_model(spatial=8, temporal=4)
+
+Every field of :class:`TrainConfig` is one command-line flag with the same name as in the original
+WF-VAE ``train_ddp.py`` (``--num_frames``, ``--mix_precision``, ...), so the original command lines keep
+working. Each field carries its help text in ``metadata["help"]``; ``--help`` prints it.
+
+Precedence is simple: dataclass default < command line. Unknown flags are an error that names the closest
+valid flag; a value that does not parse as the field's type is an error too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from wfvae.errors import ConfigError
+
+__all__ = ["DISC_CLASS_ALIASES", "VIDEO_EXTENSIONS", "TrainConfig", "build_train_parser", "parse_train_config"]
+
+# Names accepted by ``--disc_cls``. The original passes a dotted import path; we map it through this
+# explicit table instead of importing a string. Only one loss exists, so every alias points to it.
+DISC_CLASS_ALIASES: dict[str, str] = {
+    "causalvideovae.model.losses.LPIPSWithDiscriminator3D": "LPIPSWithDiscriminator3D",
+    "causalvideovae.model.losses.perceptual_loss.LPIPSWithDiscriminator3D": "LPIPSWithDiscriminator3D",
+    "LPIPSWithDiscriminator3D": "LPIPSWithDiscriminator3D",
+}
+
+MODEL_NAMES = ("WFVAE", "CausalVAE")
+
+# Extensions counted when checking that a video folder is not empty (the dataset decides what it reads).
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
+
+
+def _f(default, help: str, **extra):
+    """A dataclass field whose help text lives next to its default."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of ``wfvae train``. Grouped as in ``train_ddp.py``; one line of help per field."""
+
+    # ---- experiment / I/O -------------------------------------------------------------------------
+    exp_name: str = _f("test", "Experiment name; the run folder is <ckpt_dir>/<exp_name>-lr..-bs..-rs..-sr..-fr...")
+    seed: int = _f(1234, "Global random seed (model init, posterior sampling, dropout, data shuffling).")
+    ckpt_dir: str = _f("./results/", "Parent folder of the run folder that holds checkpoints and metrics.jsonl.")
+    save_ckpt_step: int = _f(1000, "Write a checkpoint every this many steps (steps = optimizer steps of G or D).")
+    keep_last_k: int = _f(0, "Keep only the newest K checkpoints of this run (0 = keep all, like the original).")
+    log_steps: int = _f(5, "Log losses / lr / grad norm every this many steps.")
+    report_to: Literal["wandb", "none"] = _f(
+        "wandb", "Experiment tracker. 'wandb' honours WANDB_MODE=offline|disabled and WANDB_PROJECT; "
+        "metrics.jsonl in the run folder is written either way.")
+    wandb_project: str | None = _f(None, "W&B project (default: $WANDB_PROJECT, as wandb itself reads it).")
+
+    # ---- training ---------------------------------------------------------------------------------
+    epochs: int = _f(10, "Number of passes over the training set (ignored once --max_steps is reached).")
+    max_steps: int | None = _f(None, "Stop after this many steps in total (default: epochs x steps per epoch).")
+    batch_size: int = _f(1, "Local batch size per process (clips).")
+    lr: float = _f(1e-5, "AdamW learning rate for the generator and the discriminator (constant).")
+    weight_decay: float = _f(1e-4, "AdamW weight decay.")
+    clip_grad_norm: float = _f(1e5, "Clip the global gradient norm of each update to this value.")
+    freeze_encoder: bool = _f(False, "Freeze the encoder (and quant_conv); train the decoder only.")
+    mix_precision: Literal["bf16", "fp16", "fp32"] = _f(
+        "bf16", "Autocast precision. fp16 also enables a GradScaler; fp32 runs without autocast.")
+    ema: bool = _f(False, "Keep an exponential moving average of the generator; validate and save it too.")
+    ema_decay: float = _f(0.999, "EMA decay per generator step.")
+    device: Literal["auto", "cuda", "cpu"] = _f("auto", "auto = CUDA + nccl when a GPU is visible, else CPU + gloo.")
+    find_unused_parameters: bool = _f(False, "Passed to DistributedDataParallel.")
+
+    # ---- data -------------------------------------------------------------------------------------
+    video_path: str | None = _f(None, "Folder searched recursively for training videos.")
+    num_frames: int = _f(17, "Frames per training clip; must be 1 + k * temporal_compression_ratio.")
+    resolution: int = _f(256, "Training clip side length in pixels; divisible by the spatial compression ratio.")
+    sample_rate: int = _f(2, "Take every n-th frame when cutting training clips.")
+    dataset_num_worker: int = _f(4, "DataLoader worker processes per rank.")
+
+    # ---- model ------------------------------------------------------------------------------------
+    model_name: Literal["WFVAE", "CausalVAE"] | None = _f(None, "Model class: WFVAE or CausalVAE.")
+    model_config: str | None = _f(None, "config.json of the model (original format); used to train from scratch.")
+    pretrained_model_name_or_path: str | None = _f(
+        None, "Folder (config.json + weights) or .ckpt to start from; loads weights only, no optimizer state.")
+    ignore_mismatched_sizes: bool = _f(False, "When loading pretrained weights, skip tensors whose shape differs.")
+    enable_tiling: bool = _f(False, "Call model.enable_tiling() before training (as the original flag).")
+    resume_from_checkpoint: str | None = _f(
+        None, "A .ckpt file to resume from (weights, optimizers, EMA, data position, RNG), or 'latest' for the "
+        "newest checkpoint in this run's folder (starts fresh when there is none).")
+    not_resume_discriminator: bool = _f(False, "On resume, keep the fresh discriminator and its optimizer.")
+    not_resume_optimizer: bool = _f(False, "On resume, keep a fresh generator optimizer.")
+
+    # ---- loss -------------------------------------------------------------------------------------
+    disc_cls: str = _f(
+        "causalvideovae.model.losses.LPIPSWithDiscriminator3D",
+        "Loss/discriminator class. Accepted: " + ", ".join(sorted(DISC_CLASS_ALIASES)) + ".")
+    disc_start: int = _f(5, "Step at which the adversarial loss and discriminator updates begin.")
+    disc_weight: float = _f(0.5, "Scale of the adaptive adversarial weight.")
+    kl_weight: float = _f(1e-6, "Weight of the KL term.")
+    perceptual_weight: float = _f(1.0, "Weight of the LPIPS perceptual term (0 disables it).")
+    loss_type: Literal["l1", "l2"] = _f("l1", "Pixel reconstruction loss.")
+    logvar_init: float = _f(0.0, "Initial value of the (fixed) log-variance that divides the reconstruction loss.")
+    wavelet_loss: bool = _f(False, "Add the WF-VAE wavelet-coefficient loss (WFVAE only).")
+    wavelet_weight: float = _f(0.1, "Weight of the wavelet-coefficient loss.")
+    disc_base_channels: int = _f(64, "Width of the discriminator's first conv (64 as the original; smaller only "
+                                 "for experiments, since original checkpoints then no longer fit).")
+    disc_num_layers: int = _f(4, "Strided stages of the 3D PatchGAN discriminator (4 as the original).")
+    lpips_backbone_path: str | None = _f(
+        None, "Local VGG16 weights for the LPIPS perceptual loss (default: the torch hub cache). Never downloaded.")
+    perceptual_random_backbone: bool = _f(
+        False, "Use a randomly initialised LPIPS backbone (tests and smoke runs only; the loss is meaningless).")
+
+    # ---- validation -------------------------------------------------------------------------------
+    eval_steps: int = _f(1000, "Validate every this many steps (and after step 1, as the original).")
+    eval_video_path: str | None = _f(None, "Folder of validation videos (validation is skipped when unset).")
+    eval_num_frames: int = _f(17, "Frames per validation clip.")
+    eval_resolution: int = _f(256, "Validation clip side length (pixels, centre crop).")
+    eval_sample_rate: int = _f(1, "Frame stride for validation clips.")
+    eval_batch_size: int = _f(8, "Validation batch size per process.")
+    eval_subset_size: int = _f(100, "Validate on the first N videos (0 = all).")
+    eval_num_video_log: int = _f(2, "Number of side-by-side (input | reconstruction) videos to log.")
+    eval_lpips: bool = _f(False, "Also compute LPIPS (AlexNet) during validation.")
+    eval_lpips_backbone_path: str | None = _f(None, "Local AlexNet weights for validation LPIPS.")
+
+    # ---- robustness -------------------------------------------------------------------------------
+    max_nan_skips: int = _f(10, "After this many consecutive non-finite updates, apply --nan_policy.")
+    nan_policy: Literal["reload", "stop"] = _f(
+        "reload", "reload = restore the last good checkpoint's weights and optimizers and continue; stop = exit with an error.")
+    check_only: bool = _f(
+        False, "Validate the arguments (paths, model config, frame/pixel arithmetic) and exit; train_ddp.sh "
+        "runs this before starting any worker.")
+    debug_inject_nan_step: int | None = _f(None, "(testing) Make the loss NaN at this step.", hidden=True)
+    debug_inject_nan_count: int = _f(1, "(testing) Number of consecutive steps to poison.", hidden=True)
+    debug_save_delay_s: float = _f(0.0, "(testing) Sleep inside each checkpoint write, before the rename.", hidden=True)
+
+    # ------------------------------------------------------------------------------------------------
+    @property
+    def run_name(self) -> str:
+        """Run folder name, the same pattern as the original's ``get_exp_name``."""
+        return (f"{self.exp_name}-lr{self.lr:.2e}-bs{self.batch_size}-rs{self.resolution}"
+                f"-sr{self.sample_rate}-fr{self.num_frames}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.ckpt_dir) / self.run_name
+
+    @property
+    def disc_class_name(self) -> str:
+        return DISC_CLASS_ALIASES[self.disc_cls]
+
+    def to_dict(self) -> dict:
+        """Plain-Python dict (stored in checkpoints and sent to the tracker)."""
+        return dataclasses.asdict(self)
+
+    # ---- validation -------------------------------------------------------------------------------
+    def validate(self) -> TrainConfig:
+        """Check everything that does not need the model. Raises :class:`ConfigError`; returns self."""
+        errors: list[str] = []
+
+        if self.model_name not in MODEL_NAMES:
+            errors.append(f"--model_name {self.model_name!r} is not a known model; choose one of {list(MODEL_NAMES)}.")
+        if self.disc_cls not in DISC_CLASS_ALIASES:
+            close = difflib.get_close_matches(self.disc_cls, DISC_CLASS_ALIASES, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            errors.append(f"--disc_cls {self.disc_cls!r} is unknown; accepted: {sorted(DISC_CLASS_ALIASES)}.{hint}")
+
+        sources = [self.model_config, self.pretrained_model_name_or_path]
+        resuming_file = self.resume_from_checkpoint not in (None, "latest")
+        if not any(sources) and not resuming_file:
+            errors.append("Give --model_config (train from scratch) or --pretrained_model_name_or_path "
+                          "(or --resume_from_checkpoint <file.ckpt> whose config is stored inside).")
+        if self.model_config and not Path(self.model_config).is_file():
+            errors.append(f"--model_config {self.model_config!r} is not a file.")
+        if self.pretrained_model_name_or_path and not Path(self.pretrained_model_name_or_path).exists():
+            errors.append(f"--pretrained_model_name_or_path {self.pretrained_model_name_or_path!r} does not exist.")
+        if resuming_file and not Path(self.resume_from_checkpoint).is_file():
+            errors.append(f"--resume_from_checkpoint {self.resume_from_checkpoint!r} is not a .ckpt file "
+                          "(pass a file, or 'latest').")
+
+        errors += _check_video_folder("--video_path", self.video_path, required=True)
+        if self.eval_video_path is not None:
+            errors += _check_video_folder("--eval_video_path", self.eval_video_path, required=True)
+
+        positive = ["num_frames", "resolution", "sample_rate", "batch_size", "epochs", "save_ckpt_step",
+                    "log_steps", "eval_steps", "eval_num_frames", "eval_resolution", "eval_sample_rate",
+                    "eval_batch_size", "max_nan_skips", "disc_base_channels", "disc_num_layers"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                errors.append(f"--{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ["keep_last_k", "eval_subset_size", "eval_num_video_log", "dataset_num_worker", "disc_start",
+                     "lr", "weight_decay", "kl_weight", "perceptual_weight", "wavelet_weight", "disc_weight"]:
+            if getattr(self, name) < 0:
+                errors.append(f"--{name} must be >= 0, got {getattr(self, name)}.")
+        if self.keep_last_k == 1:
+            # One file means the only good checkpoint is deleted the moment a new write starts to replace it.
+            errors.append("--keep_last_k 1 would leave no fallback while a checkpoint is written; use 0 or >= 2.")
+        if self.max_steps is not None and self.max_steps < 1:
+            errors.append(f"--max_steps must be >= 1, got {self.max_steps}.")
+        if not (0.0 <= self.ema_decay < 1.0):
+            errors.append(f"--ema_decay must be in [0, 1), got {self.ema_decay}.")
+        if not self.clip_grad_norm > 0:
+            errors.append(f"--clip_grad_norm must be > 0, got {self.clip_grad_norm}.")
+        if self.wavelet_loss and self.model_name == "CausalVAE":
+            errors.append("--wavelet_loss needs the WFVAE's wavelet coefficients; CausalVAE has none.")
+        if self.lpips_backbone_path and not Path(self.lpips_backbone_path).is_file():
+            errors.append(f"--lpips_backbone_path {self.lpips_backbone_path!r} is not a file.")
+        if self.eval_lpips_backbone_path and not Path(self.eval_lpips_backbone_path).is_file():
+            errors.append(f"--eval_lpips_backbone_path {self.eval_lpips_backbone_path!r} is not a file.")
+        if self.report_to == "wandb":
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                errors.append("--report_to wandb needs the wandb package: pip install wfvae[wandb] "
+                              "(or pass --report_to none; metrics.jsonl is always written).")
+
+        if errors:
+            raise ConfigError("Invalid training configuration:\n  - " + "\n  - ".join(errors))
+        return self
+
+    def validate_against_model(self, spatial: int, temporal: int) -> TrainConfig:
+        """Frame and pixel arithmetic that depends on the model's compression ratios."""
+        errors = []
+        for prefix in ("", "eval_"):
+            frames = getattr(self, prefix + "num_frames")
+            res = getattr(self, prefix + "resolution")
+            if (frames - 1) % temporal != 0:
+                lo = 1 + ((frames - 1) // temporal) * temporal
+                errors.append(f"--{prefix}num_frames {frames} is not 1 + k*{temporal} (the model's temporal "
+                              f"compression); use e.g. {lo} or {lo + temporal}.")
+            if res % spatial != 0:
+                lo = (res // spatial) * spatial
+                errors.append(f"--{prefix}resolution {res} is not divisible by the spatial compression {spatial}; "
+                              f"use e.g. {max(lo, spatial)} or {lo + spatial}.")
+        if errors:
+            raise ConfigError("Invalid training configuration for this model:\n  - " + "\n  - ".join(errors))
+        return self
+
+
+def _check_video_folder(flag: str, path: str | None, required: bool) -> list[str]:
+    if path is None:
+        return [f"{flag} is required."] if required else []
+    p = Path(path)
+    if not p.is_dir():
+        return [f"{flag} {path!r} is not a folder."]
+    for _root, _dirs, files in os.walk(p):
+        if any(name.lower().endswith(VIDEO_EXTENSIONS) for name in files):
+            return []
+    return [f"{flag} {path!r} contains no video files ({', '.join(VIDEO_EXTENSIONS)})."]
+
+
+# ---- command line ----------------------------------------------------------------------------------------
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "y"):
+        return True
+    if lowered in ("0", "false", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print and sys.exit(2); we raise a typed error instead
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def build_train_parser(prog: str = "wfvae train") -> argparse.ArgumentParser:
+    """An argparse parser with one flag per :class:`TrainConfig` field."""
+    parser = _Parser(
+        prog=prog,
+        description="Train a WFVAE / CausalVAE with the LPIPS + 3D PatchGAN loss (single process or under torchrun).",
+        allow_abbrev=False,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        tp = hints[f.name]
+        help_ = argparse.SUPPRESS if f.metadata.get("hidden") else f.metadata["help"]
+        flag = f"--{f.name}"
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin in (typing.Union, types.UnionType):  # Optional[X] / X | None
+            tp = next(a for a in args if a is not type(None))
+            origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if tp is bool:
+            # `--ema` alone means true (as the original's store_true); `--ema false` is also accepted.
+            parser.add_argument(flag, nargs="?", const=True, default=f.default, type=_parse_bool, help=help_)
+        elif origin is Literal:
+            parser.add_argument(flag, choices=list(args), default=f.default, help=help_)
+        else:
+            parser.add_argument(flag, type=tp, default=f.default, help=help_)
+    return parser
+
+
+def parse_train_config(argv: list[str], prog: str = "wfvae train") -> TrainConfig:
+    """Parse ``argv`` into a :class:`TrainConfig`. Unknown flags raise :class:`ConfigError` with a suggestion."""
+    parser = build_train_parser(prog)
+    ns, unknown = parser.parse_known_args(argv)
+    if unknown:
+        valid = [f"--{f.name}" for f in dataclasses.fields(TrainConfig)]
+        msgs = []
+        after_flag = False
+        for tok in unknown:
+            if not tok.startswith("-"):
+                if not after_flag:  # a value right after an unknown flag belongs to it
+                    msgs.append(f"unexpected value {tok!r}")
+                after_flag = False
+                continue
+            after_flag = "=" not in tok
+            name = tok.split("=", 1)[0]
+            close = difflib.get_close_matches(name, valid, n=1)
+            msgs.append(f"unknown argument {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        raise ConfigError(f"{prog}: " + "; ".join(msgs))
+    return TrainConfig(**vars(ns))
