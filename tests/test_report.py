@@ -206,3 +206,16 @@ def test_broken_inputs_are_reported_not_fatal(tmp_path):
 def test_missing_folder_is_an_error(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_curves_with_a_loss_spanning_orders_of_magnitude():
+    """A loss falling 1000x gets a log axis; labelling it must not fail."""
+    import numpy as np
+    from PIL import Image
+    import io
+
+    from wfvae.report import figures
+
+    steps = np.arange(1, 41, dtype=float)
+    png = figures.curves_png({"train/loss_kl": (steps, 1000.0 / steps**2), "lr": (steps, np.full(40, 1e-4))}, "curves")
+    assert Image.open(io.BytesIO(png)).format == "PNG"

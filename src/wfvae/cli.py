@@ -63,8 +63,15 @@ def _cmd_report(argv):
     return main(argv)
 
 
+def _cmd_demo(argv):
+    from wfvae.demo.run import main
+
+    return main(argv)
+
+
 # name -> (function, one-line help). Explicit on purpose: grep finds every command here.
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "demo": (_cmd_demo, "train, reconstruct, evaluate and report on built-in clips (~5 min on a CPU)"),
     "train": (_cmd_train, "train a WFVAE / CausalVAE (single process or under torchrun)"),
     "data-check": (_cmd_data_check, "scan a video folder, report every usable and every bad file"),
     "reconstruct": (_cmd_reconstruct, "reconstruct videos with a trained VAE (gen_video.sh)"),

@@ -175,7 +175,8 @@ def curves_png(series: dict[str, tuple[np.ndarray, np.ndarray]], title: str = ""
         last = values[finite][-1] if finite.any() else float("nan")
         ax.set_title(f"{name}  (last {last:.4g})", fontsize=9)
         ax.tick_params(labelsize=7)
-        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useOffset=False)  # 1e-4, not 0.000100
+        if ax.get_yscale() == "linear":  # log axes already label in powers of ten
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4), useOffset=False)  # 1e-4, not 0.000100
         ax.yaxis.get_offset_text().set_fontsize(7)
         ax.grid(True, alpha=0.3)
         ax.set_xlabel("step", fontsize=7)
