@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from wfvae.errors import CheckpointError, ConfigError
 
 from .layers.blocks import AttnBlock3D
+from .layers.conv import to_channels_last
 from .layers.norm import is_clip_level
 from .layers.stream import StopChunk, StreamState
 from .outputs import DiagonalGaussian, ModelOutput
@@ -36,6 +37,63 @@ class VideoAutoencoder(nn.Module):
     spatial_compression_ratio: int = 8
     temporal_compression_ratio: int = 4
     latent_channels: int = 0
+    # spatial tiling (opt-in, see enable_tiling); plain attributes, checked by encode/decode
+    use_tiling: bool = False
+    tile_sample_min_size: int = 256  # pixels: frames larger than this (H or W) are tiled
+    tile_overlap: float = 0.25  # fraction of a tile shared with its neighbour, blended linearly
+
+    # ---------------------------------------------------------------- tiling
+    def enable_tiling(self, tile_sample_min_size: int = 256, overlap: float = 0.25) -> None:
+        """Encode/decode large frames as overlapping spatial tiles, blended linearly at the seams.
+
+        Peak memory then depends on the tile size, not the frame size; combine it with
+        ``chunk_size`` to bound memory in time as well. Tiling is not exact: each tile sees zeros
+        beyond its border, and the blend hides most of that (the PSNR cost against the untiled
+        result is measured in ``benchmarks/RESULTS.md``). Frames no larger than the tile run
+        untiled, bit for bit as without tiling.
+
+        Args:
+            tile_sample_min_size: tile height and width in pixels (a multiple of the spatial
+                compression ratio, 8).
+            overlap: fraction of the tile shared with each neighbour, in [0, 1); the step between
+                tiles is ``tile_sample_min_size * (1 - overlap)`` rounded down to a multiple of 8.
+        Raises:
+            ValueError: tile size not a positive multiple of 8, or overlap outside [0, 1).
+        """
+        sf = self.spatial_compression_ratio
+        if tile_sample_min_size <= 0 or tile_sample_min_size % sf != 0:
+            raise ValueError(
+                f"tile_sample_min_size must be a positive multiple of {sf} pixels; got {tile_sample_min_size}"
+            )
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap is a fraction of the tile in [0, 1); got {overlap}")
+        self.use_tiling = True
+        self.tile_sample_min_size = int(tile_sample_min_size)
+        self.tile_overlap = float(overlap)
+
+    def disable_tiling(self) -> None:
+        """Go back to encoding and decoding whole frames."""
+        self.use_tiling = False
+
+    def _tile_geometry(self) -> tuple[int, int]:
+        """(tile, stride) in pixels; the stride is a positive multiple of the spatial ratio."""
+        sf, tile = self.spatial_compression_ratio, self.tile_sample_min_size
+        stride = max(sf, int(tile * (1.0 - self.tile_overlap)) // sf * sf)
+        return tile, stride
+
+    def _needs_tiles(self, size: torch.Size, latent: bool = False) -> bool:
+        scale = self.spatial_compression_ratio if latent else 1
+        return any(s * scale > self.tile_sample_min_size for s in size)
+
+    def _tiled_encode(self, video: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+        sf = self.spatial_compression_ratio
+        tile, stride = self._tile_geometry()
+        return _run_tiles(lambda x: self._encode_untiled(x, chunk_size), video, tile, stride, scale=1 / sf)
+
+    def _tiled_decode(self, latents: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+        sf = self.spatial_compression_ratio
+        tile, stride = self._tile_geometry()
+        return _run_tiles(lambda z: self._decode_untiled(z, chunk_size), latents, tile // sf, stride // sf, scale=sf)
 
     # ---------------------------------------------------------------- config
     def _record_config(self, values: dict[str, Any]) -> None:
@@ -46,7 +104,7 @@ class VideoAutoencoder(nn.Module):
         return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
     @classmethod
-    def from_config(cls, config: dict[str, Any] | str | Path) -> "VideoAutoencoder":
+    def from_config(cls, config: dict[str, Any] | str | Path) -> VideoAutoencoder:
         """Build a randomly initialised model from a config dict or ``config.json`` path.
 
         Keys starting with ``_`` (``_class_name``, ``_diffusers_version``) are ignored; any other
@@ -166,14 +224,21 @@ class VideoAutoencoder(nn.Module):
             DiagonalGaussian over latents of shape (B, C, 1 + k, H/s, W/s).
         """
         self.check_video(video)
+        if chunk_size is not None:
+            tf = self.temporal_compression_ratio
+            if chunk_size <= 0 or chunk_size % tf != 0:
+                raise ValueError(f"chunk_size must be a positive multiple of {tf} frames; got {chunk_size}")
+        if self.use_tiling and self._needs_tiles(video.shape[-2:]):
+            return DiagonalGaussian(self._tiled_encode(video, chunk_size))
+        return DiagonalGaussian(self._encode_untiled(video, chunk_size))
+
+    def _encode_untiled(self, video: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+        video = to_channels_last(video)
         if chunk_size is None:
-            return DiagonalGaussian(self._encode_chunk(video, None)[0])
-        tf = self.temporal_compression_ratio
-        if chunk_size <= 0 or chunk_size % tf != 0:
-            raise ValueError(f"chunk_size must be a positive multiple of {tf} frames; got {chunk_size}")
+            return self._encode_chunk(video, None)[0].contiguous()
         # first chunk carries the extra leading frame: [0, 1 + n), [1 + n, 1 + 2n), ...
         bounds = [0] + list(range(1 + chunk_size, video.shape[2], chunk_size)) + [video.shape[2]]
-        return DiagonalGaussian(self._run_chunks(lambda x, s: self._encode_chunk(x, s)[0], video, bounds))
+        return self._run_chunks(lambda x, s: self._encode_chunk(x, s)[0], video, bounds).contiguous()
 
     def decode(self, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """Decode latents (B, C, T', H', W') into a video (B, 3, 1 + (T'-1)*t, H'*s, W'*s).
@@ -183,19 +248,25 @@ class VideoAutoencoder(nn.Module):
                 with a causal cache; the result equals the full pass.
         """
         self.check_latents(latents)
-        if chunk_size is None:
-            return self._decode_chunk(latents, None)[0]
-        if chunk_size < 1:
+        if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 latent frame; got {chunk_size}")
+        if self.use_tiling and self._needs_tiles(latents.shape[-2:], latent=True):
+            return self._tiled_decode(latents, chunk_size)
+        return self._decode_untiled(latents, chunk_size)
+
+    def _decode_untiled(self, latents: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+        latents = to_channels_last(latents)
+        if chunk_size is None:
+            return self._decode_chunk(latents, None)[0].contiguous()
         bounds = list(range(0, latents.shape[2], chunk_size)) + [latents.shape[2]]
-        return self._run_chunks(lambda z, s: self._decode_chunk(z, s)[0], latents, bounds)
+        return self._run_chunks(lambda z, s: self._decode_chunk(z, s)[0], latents, bounds).contiguous()
 
     def forward(
         self, video: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
     ) -> ModelOutput:
         """Encode, sample (or take the mean), decode. Returns a :class:`ModelOutput`."""
         self.check_video(video)
-        moments, enc_extra = self._encode_chunk(video, None)
+        moments, enc_extra = self._encode_chunk(to_channels_last(video), None)
         posterior = DiagonalGaussian(moments)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
         recon, dec_extra = self._decode_chunk(z, None)
@@ -251,6 +322,58 @@ class VideoAutoencoder(nn.Module):
 
     def _decode_chunk(self, latents, stream):  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    """Tile origins along one axis: the fewest tiles of ``tile`` every ``stride`` covering ``size``."""
+    count = 1 + max(0, -(-(size - tile) // stride))  # ceil((size - tile) / stride) further tiles
+    return [k * stride for k in range(count)]
+
+
+def _blend(prev: torch.Tensor, cur: torch.Tensor, extent: int, dim: int) -> torch.Tensor:
+    """Cross-fade the first ``extent`` rows (along ``dim``) of ``cur`` from the rows of ``prev``
+    that cover the same pixels (``prev``'s rows ``stride .. stride + extent``, i.e. its last
+    ``extent`` rows when ``prev`` is a full tile)."""
+    if extent <= 0:
+        return cur
+    shape = [1] * cur.dim()
+    shape[dim] = extent
+    weight = (torch.arange(extent, dtype=cur.dtype, device=cur.device) / extent).view(shape)
+    head = cur.narrow(dim, 0, extent)
+    prev_tail = prev.narrow(dim, prev.shape[dim] - extent, extent)
+    cur = cur.clone()
+    cur.narrow(dim, 0, extent).copy_(prev_tail * (1 - weight) + head * weight)
+    return cur
+
+
+def _run_tiles(fn, x: torch.Tensor, tile: int, stride: int, scale: float) -> torch.Tensor:
+    """Apply ``fn`` to overlapping (tile x tile) windows of x's last two dims and stitch the results.
+
+    ``scale`` is the output/input size ratio of ``fn`` (1/8 for encode, 8 for decode). Each tile
+    is blended with its upper and left neighbours over the overlap, then cut to its stride, as in
+    diffusers' ``AutoencoderKL.tiled_encode``.
+    """
+    height, width = x.shape[-2:]
+    out_stride, out_tile = round(stride * scale), round(tile * scale)
+    extent = out_tile - out_stride  # overlap in output pixels
+    rows_i, cols_j = _tile_starts(height, tile, stride), _tile_starts(width, tile, stride)
+    rows, above = [], None
+    for a, i in enumerate(rows_i):
+        row, left = [], None
+        for b, j in enumerate(cols_j):
+            y = fn(x[..., i : i + tile, j : j + tile])
+            if above is not None:
+                y = _blend(above[b], y, extent, dim=-2)
+            if left is not None:
+                y = _blend(left, y, extent, dim=-1)
+            row.append(y)
+            left = y
+        above = row
+        last_row = a == len(rows_i) - 1
+        kept = [t if b == len(cols_j) - 1 else t[..., :out_stride] for b, t in enumerate(row)]
+        kept = [t if last_row else t[..., :out_stride, :] for t in kept]
+        rows.append(torch.cat(kept, dim=-1))
+    return torch.cat(rows, dim=-2)
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

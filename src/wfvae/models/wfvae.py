@@ -8,16 +8,21 @@ decoder), so the main path can stay narrow.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .base import VideoAutoencoder
 from .layers.blocks import ResnetBlock2D, ResnetBlock3D, make_attention
-from .layers.conv import CausalConv3d, FrameConv2d
+from .layers.conv import CausalConv3d, FrameConv2d, to_channels_last
 from .layers.norm import make_norm
 from .layers.sampling import DOWNSAMPLERS, UPSAMPLERS, pick
 from .layers.stream import StreamState, align
-from .layers.wavelet import INVERSE_WAVELETS, WAVELETS, HaarWaveletTransform3D, InverseHaarWaveletTransform3D
+from .layers.wavelet import (
+    INVERSE_WAVELETS,
+    WAVELETS,
+    HaarWaveletTransform3D,
+    InverseHaarWaveletTransform3D,
+)
 
 
 def _run(layers: nn.ModuleList, x: torch.Tensor, stream: StreamState | None) -> torch.Tensor:
@@ -73,11 +78,12 @@ class WFVAEEncoder(nn.Module):
         self.wavelet_transform_l2 = pick(WAVELETS, l2_downsample_wavelet, "l2_downsample_wavelet")()
 
     def forward(self, x: torch.Tensor, stream: StreamState | None = None):
-        coeffs = self.wavelet_transform_in(x, stream)  # (B, 24, T/2, H/2, W/2)
+        # the Haar transforms return contiguous tensors; the rest of the encoder runs channels-last
+        coeffs = to_channels_last(self.wavelet_transform_in(x, stream))  # (B, 24, T/2, H/2, W/2)
         l1_coeffs = self.wavelet_transform_l1(coeffs[:, :3], stream)  # low-pass band decomposed again
-        l1 = self.connect_l1(l1_coeffs, stream)
+        l1 = self.connect_l1(to_channels_last(l1_coeffs), stream)
         l2_coeffs = self.wavelet_transform_l2(l1_coeffs[:, :3], stream)
-        l2 = self.connect_l2(l2_coeffs, stream)
+        l2 = self.connect_l2(to_channels_last(l2_coeffs), stream)
 
         h = _run(self.down1, coeffs, stream)
         h, l1 = align(stream, (self, "l1"), h, l1)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .conv import CausalConv3d, frames_to_images, images_to_frames
 from .norm import make_norm
@@ -54,11 +54,17 @@ class ResnetBlock3D(nn.Module):
             self.nin_shortcut = CausalConv3d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x, stream)), stream)
-        h = self.conv2(self.dropout(F.silu(self.norm2(h, stream))), stream)
+        h = self.conv1(self.norm1(x, stream), stream, apply_silu=True)
+        h = self.norm2(h, stream)
+        if self.training and self.dropout.p > 0:
+            h = self.conv2(self.dropout(F.silu(h)), stream)
+        else:
+            h = self.conv2(h, stream, apply_silu=True)
         if self.in_channels != self.out_channels:
             x = self.nin_shortcut(x, stream)
-        return x + h
+        if torch.is_grad_enabled():
+            return x + h
+        return h.add_(x)  # no autograd: reuse h's memory (x + h == h + x exactly)
 
 
 class _AttentionBase(nn.Module):

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+import torch.nn.functional as F
+from torch import nn
 
-from .stream import StreamState, causal_time_window
+from .stream import StreamState, causal_time_window, padded_layout
+
+
+def to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Store a 4-D/5-D tensor channels-last (no copy if it already is).
+
+    The models run channels-last: LayerNorm over channels then needs no transposed copy, and
+    oneDNN convolutions read and write the layout directly instead of reordering every call.
+    """
+    if x.dim() == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    if x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def _triple(value) -> tuple[int, int, int]:
@@ -34,7 +48,8 @@ class FrameConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         if x.dim() == 4:
             return super().forward(x)
-        return images_to_frames(super().forward(frames_to_images(x)), x.shape[0])
+        # small inputs may take a non-oneDNN kernel that returns NCHW; keep the video channels-last
+        return images_to_frames(to_channels_last(super().forward(frames_to_images(x))), x.shape[0])
 
 
 class CausalConv3d(nn.Module):
@@ -63,7 +78,19 @@ class CausalConv3d(nn.Module):
         """The causally padded input holding whole temporal windows (see ``causal_time_window``)."""
         return causal_time_window(x, stream, self, self.time_kernel, self.time_stride)
 
-    def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stream: StreamState | None = None, apply_silu: bool = False) -> torch.Tensor:
+        """Convolve ``x`` (B, C, T, H, W) causally; with ``apply_silu`` convolve ``silu(x)``.
+
+        Without gradients, on a whole clip, ``apply_silu`` writes SiLU straight into the causally
+        padded buffer, so neither the activation nor the padding costs a whole-tensor copy.
+        """
+        if apply_silu and stream is None and self.time_kernel > 1 and not torch.is_grad_enabled():
+            x = silu_causal_padded(x, self.time_kernel - 1)
+            if x.shape[2] < self.time_kernel:
+                return self._no_frames(x)
+            return self.conv(x)
+        if apply_silu:
+            x = F.silu(x)
         x = self.pad(x, stream)
         if x.shape[2] < self.time_kernel:
             return self._no_frames(x)
@@ -75,3 +102,18 @@ class CausalConv3d(nn.Module):
         h_out = (h + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
         w_out = (w + 2 * conv.padding[2] - conv.kernel_size[2]) // conv.stride[2] + 1
         return x.new_empty(b, conv.out_channels, 0, h_out, w_out)
+
+
+def silu_causal_padded(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``silu(x)`` with ``pad`` copies of its first frame in front, built in one buffer.
+
+    Equal to ``causal_time_window(F.silu(x), None, ...)``; the buffer is laid out by ``padded_layout``.
+    Not differentiable (``out=``): callers use it only when gradients are off.
+    """
+    b, c, t, h, w = x.shape
+    if t == 0:
+        return x
+    out = torch.empty((b, c, t + pad, h, w), dtype=x.dtype, device=x.device, memory_format=padded_layout(x))
+    torch.ops.aten.silu.out(x, out=out[:, :, pad:])
+    out[:, :, :pad] = out[:, :, pad : pad + 1]
+    return out

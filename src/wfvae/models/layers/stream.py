@@ -81,7 +81,7 @@ def causal_time_window(
     """
     if stream is None:
         if kernel > 1:
-            x = torch.cat([x[:, :, :1].expand(-1, -1, kernel - 1, -1, -1), x], dim=2)
+            x = _pad_front(x, kernel - 1)
         return x
     carried = stream.get(key)
     if carried is None:
@@ -96,6 +96,24 @@ def causal_time_window(
     if num_windows == 0:
         return x[:, :, :0]
     return x[:, :, : (num_windows - 1) * stride + kernel]
+
+
+def padded_layout(x: torch.Tensor) -> torch.memory_format:
+    """Memory format for a freshly allocated, causally padded copy of ``x`` (B, C, T, H, W).
+
+    Channels-last whenever there is more than one channel: the copy is made anyway, and it
+    lets the convolution that reads it run without a layout reorder.
+    """
+    return torch.channels_last_3d if x.shape[1] > 1 else torch.contiguous_format
+
+
+def _pad_front(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``pad`` copies of the first frame, then ``x``, written into one new tensor."""
+    b, c, t, h, w = x.shape
+    out = torch.empty((b, c, t + pad, h, w), dtype=x.dtype, device=x.device, memory_format=padded_layout(x))
+    out[:, :, pad:] = x
+    out[:, :, :pad] = x[:, :, :1]
+    return out
 
 
 def align(

@@ -1,0 +1,294 @@
+"""Inference time and peak memory of wfvae, optionally side by side with the original WF-VAE.
+
+How to run::
+
+    # WF-VAE-L 16-channel, round trip, 9 frames at 64x64, against a checkout of the original
+    pip install diffusers einops            # the original needs them; benchmark-only
+    python benchmarks/bench_inference.py --frames 9 --sizes 64 --reference_repo /path/to/WF-VAE
+
+    # flat memory in video length: chunked round trip, ours only, memory only
+    python benchmarks/bench_inference.py --frames 33 65 129 257 --sizes 32 --variants chunked \\
+        --skip_time --json benchmarks/results/length_sweep.json
+
+    # GPU, bf16 and fp32, encode / decode / round trip separately
+    python benchmarks/bench_inference.py --device cuda --dtypes fp32 bf16 --modes encode decode roundtrip \\
+        --frames 33 --sizes 256 512 --reference_repo /path/to/WF-VAE
+
+What is measured, per (mode, variant, dtype, frames, size):
+
+* time: one fresh process holds both models on the same weights and input and alternates them
+  (ours, original, ours, ...) for ``--repeats`` timed runs after one warm-up; medians are
+  reported, with the ratio ours / original and the max-abs difference of the outputs.
+* memory: one fresh process per implementation runs the operation once. On CPU the peak
+  resident set (``VmHWM``, reset via ``/proc/self/clear_refs`` after the model and input are
+  loaded) is read; ``act`` is that peak minus the resident set before the run (activations and
+  workspace; the weights are identical in both). On CUDA ``torch.cuda.max_memory_allocated``.
+
+Both implementations run under ``torch.inference_mode()`` with ``torch.set_num_threads(--threads)``.
+Weights are a seeded random initialisation of ``--config`` (saved once, loaded by every process)
+unless ``--weights`` names a ``save_pretrained`` folder. The original's code is imported from
+``--reference_repo`` only when that flag is given; nothing of it is copied here. ``chunked``
+variants run ours only (``encode(chunk_size=--enc_chunk)``, ``decode(chunk_size=--dec_chunk)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+
+
+# --------------------------------------------------------------------------- worker side
+def _rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    # writing 5 resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _load_ours(job):
+    from wfvae.models import load_model
+
+    return load_model(job["weights"]).eval()
+
+
+def _load_reference(job):
+    sys.path.insert(0, job["reference_repo"])  # only the reference benchmark path sees the original
+    from safetensors.torch import load_file
+
+    config = json.loads((Path(job["weights"]) / "config.json").read_text())
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+    if config["_class_name"] in ("WFVAEModel", "WFVAE"):
+        from causalvideovae.model.vae.modeling_wfvae import WFVAEModel as cls
+    else:
+        from causalvideovae.model.vae.modeling_causalvae import CausalVAEModel as cls
+    model = cls(**kwargs)
+    model.load_state_dict(load_file(str(Path(job["weights"]) / "model.safetensors")), strict=True)
+    return model.eval()
+
+
+def _operation(impl: str, model, job, video, latents):
+    """A closure running the job's mode on ``model`` and returning the output tensor."""
+    mode, chunked = job["mode"], job["variant"] == "chunked"
+    enc_kw = {"chunk_size": job["enc_chunk"]} if chunked else {}
+    dec_kw = {"chunk_size": job["dec_chunk"]} if chunked else {}
+    if impl == "ours":
+        encode = lambda x: model.encode(x, **enc_kw).moments
+        decode = lambda z: model.decode(z, **dec_kw)
+        mean = lambda m: m[:, : model.latent_channels]
+    else:
+        encode = lambda x: model.encode(x).latent_dist.parameters
+        decode = lambda z: model.decode(z).sample
+        mean = lambda m: torch.chunk(m, 2, dim=1)[0]
+    if mode == "encode":
+        return lambda: encode(video)
+    if mode == "decode":
+        return lambda: decode(latents)
+    return lambda: decode(mean(encode(video)))
+
+
+def _inputs(job, device, dtype):
+    """The same video (B=1, uniform in [-1, 1]) and latents (standard normal) in every process."""
+    g = torch.Generator().manual_seed(0)
+    t, s, tf = job["frames"], job["size"], job["temporal_compression_ratio"]
+    video = (torch.rand(1, 3, t, s, s, generator=g) * 2 - 1).to(device, dtype)
+    latents = torch.randn(1, job["latent_channels"], 1 + (t - 1) // tf, s // 8, s // 8, generator=g).to(device, dtype)
+    return video, latents
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def worker(job: dict) -> dict:
+    torch.set_num_threads(job["threads"])
+    device, dtype = job["device"], DTYPES[job["dtype"]]
+    what = job["what"]
+    models = {}
+    if what in ("time", "ours"):
+        models["ours"] = _load_ours(job)
+    if what == "reference" or (what == "time" and job["reference_repo"] and job["variant"] == "full"):
+        models["reference"] = _load_reference(job)
+    video, latents = _inputs(job, device, dtype)
+    for m in models.values():
+        m.to(device, dtype)
+    ops = {name: _operation(name, m, job, video, latents) for name, m in models.items()}
+    result = {"threads": torch.get_num_threads()}
+    with torch.inference_mode():
+        if job["what"] == "time":
+            times = {name: [] for name in ops}
+            outputs = {}
+            for r in range(job["repeats"] + job["warmup"]):
+                for name, op in ops.items():
+                    _sync(device)
+                    start = time.perf_counter()
+                    outputs[name] = op()
+                    _sync(device)
+                    if r >= job["warmup"]:
+                        times[name].append(time.perf_counter() - start)
+            result["times_s"] = times
+            if "reference" in outputs:
+                diff = (outputs["ours"].double() - outputs["reference"].double()).abs().max().item()
+                result["max_abs_diff"] = diff
+        else:
+            (name, op), = ops.items()
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated() / 2**20
+                op()
+                _sync(device)
+                peak = torch.cuda.max_memory_allocated() / 2**20
+            else:
+                base = _rss_mb("VmRSS")
+                _reset_peak_rss()
+                op()
+                peak = _rss_mb("VmHWM")
+            result.update(peak_mb=peak, base_mb=base, act_mb=peak - base)
+    return result
+
+
+# --------------------------------------------------------------------------- driver side
+def run_worker(job: dict) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(job)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"worker failed ({proc.returncode}) for {job}:\n{proc.stderr[-3000:]}")
+
+
+def prepare_weights(args) -> tuple[str, dict]:
+    """The weights folder every process loads, and the model facts the workers need."""
+    from wfvae.models import build_model, load_model
+
+    if args.weights:
+        directory, model = args.weights, load_model(args.weights)
+    else:
+        torch.manual_seed(0)
+        model = build_model(args.config)
+        directory = str(Path(tempfile.mkdtemp(prefix="wfvae_bench_")) / "weights")
+        model.save_pretrained(directory)
+    facts = {"latent_channels": model.latent_channels, "temporal_compression_ratio": model.temporal_compression_ratio}
+    return directory, facts
+
+
+def machine_info(args) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
+            "platform": platform.platform()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        info["cpu"] = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "")
+        info["cpus"] = os.cpu_count()
+        info["loadavg_start"] = os.getloadavg()
+    except OSError:
+        pass
+    if args.device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=str(ROOT / "examples/configs/wfvae-large-16chn.json"))
+    p.add_argument("--weights", default=None, help="save_pretrained folder; default: seeded random init of --config")
+    p.add_argument("--reference_repo", default=None, help="checkout of the original WF-VAE to compare against")
+    p.add_argument("--frames", type=int, nargs="+", default=[9])
+    p.add_argument("--sizes", type=int, nargs="+", default=[64], help="height = width in pixels")
+    p.add_argument("--modes", nargs="+", default=["roundtrip"], choices=["encode", "decode", "roundtrip"])
+    p.add_argument("--variants", nargs="+", default=["full"], choices=["full", "chunked"])
+    p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=sorted(DTYPES))
+    p.add_argument("--enc_chunk", type=int, default=8, help="frames per encoder chunk (chunked variant)")
+    p.add_argument("--dec_chunk", type=int, default=2, help="latent frames per decoder chunk (chunked variant)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every process")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--skip_time", action="store_true")
+    p.add_argument("--skip_memory", action="store_true")
+    p.add_argument("--json", default=str(ROOT / "benchmarks/results/inference.json"))
+    p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args._worker:
+        print("RESULT " + json.dumps(worker(json.loads(args._worker))), flush=True)
+        return 0
+    if args.reference_repo and not (Path(args.reference_repo) / "causalvideovae").is_dir():
+        p.error(f"--reference_repo {args.reference_repo} has no causalvideovae/ package")
+
+    weights, facts = prepare_weights(args)
+    rows = []
+    header = (f"{'mode':9} {'variant':7} {'dtype':5} {'T':>4} {'px':>4} | {'ours s':>8} {'orig s':>8} {'ratio':>5} | "
+              f"{'ours MB':>8} {'orig MB':>8} {'ratio':>5} | {'ours act':>8} {'orig act':>8} {'ratio':>5} | max|diff|")
+    print(header)
+    print("-" * len(header))
+    for mode in args.modes:
+        for variant in args.variants:
+            for dtype in args.dtypes:
+                for frames in args.frames:
+                    for size in args.sizes:
+                        base = dict(facts, weights=weights, reference_repo=args.reference_repo, mode=mode, variant=variant,
+                                    dtype=dtype, frames=frames, size=size, enc_chunk=args.enc_chunk,
+                                    dec_chunk=args.dec_chunk, device=args.device, threads=args.threads,
+                                    repeats=args.repeats, warmup=args.warmup)
+                        row = dict(base, weights=None)
+                        if not args.skip_time:
+                            row["time"] = run_worker(dict(base, what="time"))
+                        if not args.skip_memory:
+                            row["memory_ours"] = run_worker(dict(base, what="ours"))
+                            if args.reference_repo and variant == "full":
+                                row["memory_reference"] = run_worker(dict(base, what="reference"))
+                        rows.append(row)
+                        print(format_row(row), flush=True)
+    out = {"machine": machine_info(args), "config": args.config, "rows": rows}
+    out["machine"]["loadavg_end"] = os.getloadavg()
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+def _ratio(a, b):
+    return f"{a / b:5.2f}" if a is not None and b else "    -"
+
+
+def _num(v, fmt):
+    return format(v, fmt) if v is not None else "-".rjust(len(format(0.0, fmt)))
+
+
+def format_row(row: dict) -> str:
+    t = row.get("time", {}).get("times_s", {})
+    t_ours = statistics.median(t["ours"]) if "ours" in t else None
+    t_ref = statistics.median(t["reference"]) if "reference" in t else None
+    m_ours, m_ref = row.get("memory_ours", {}), row.get("memory_reference", {})
+    diff = row.get("time", {}).get("max_abs_diff")
+    return (
+        f"{row['mode']:9} {row['variant']:7} {row['dtype']:5} {row['frames']:4d} {row['size']:4d} | "
+        f"{_num(t_ours, '8.2f')} {_num(t_ref, '8.2f')} {_ratio(t_ours, t_ref)} | "
+        f"{_num(m_ours.get('peak_mb'), '8.0f')} {_num(m_ref.get('peak_mb'), '8.0f')} "
+        f"{_ratio(m_ours.get('peak_mb'), m_ref.get('peak_mb'))} | "
+        f"{_num(m_ours.get('act_mb'), '8.0f')} {_num(m_ref.get('act_mb'), '8.0f')} "
+        f"{_ratio(m_ours.get('act_mb'), m_ref.get('act_mb'))} | "
+        + (f"{diff:.2e}" if diff is not None else "-")
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
