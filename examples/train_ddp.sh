@@ -7,6 +7,8 @@
 #   NPROC_PER_NODE=2 bash examples/train_ddp.sh ...              # choose the number of processes
 #   # several nodes: run on every node with the usual torchrun rendezvous variables
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 MASTER_PORT=29500 bash examples/train_ddp.sh
+#   # a generator that does not fit per GPU under DDP: shard it with FSDP (same checkpoints; see README "Scale-out")
+#   bash examples/train_ddp.sh --fsdp
 #   # after a crash or pre-emption, continue from the newest checkpoint of the run:
 #   bash examples/train_ddp.sh --resume_from_checkpoint latest
 #

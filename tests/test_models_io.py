@@ -70,6 +70,22 @@ def test_original_training_checkpoint_prefers_ema(tmp_path):
     _same_weights(load_model(tmp_path / "plain.ckpt", config=TINY), gen)
 
 
+def test_ema_of_trainable_parameters_only_is_completed_from_the_generator(tmp_path):
+    """Trainers (ours and the original) keep EMA copies of trainable parameters only; the frozen
+    Haar filters must then come from ``state_dict.gen_model``."""
+    torch.manual_seed(5)
+    gen, ema = build_model(TINY), build_model(TINY)
+    ckpt = _original_checkpoint(gen, ema)
+    ckpt["ema_state_dict"] = {f"module.{k}": p.detach() for k, p in ema.named_parameters() if p.requires_grad}
+    assert any("wavelet_transform" in k for k in gen.state_dict()) and not any(
+        "wavelet_transform" in k for k in ckpt["ema_state_dict"])
+    torch.save(ckpt, tmp_path / "ema.ckpt")
+    loaded = load_model(tmp_path / "ema.ckpt", config=TINY)
+    for k, v in loaded.state_dict().items():
+        expected = ema.state_dict()[k] if f"module.{k}" in ckpt["ema_state_dict"] else gen.state_dict()[k]
+        assert torch.equal(v, expected), k
+
+
 def test_ckpt_without_config_is_a_clear_error(tmp_path):
     torch.manual_seed(2)
     torch.save(_original_checkpoint(build_model(TINY)), tmp_path / "x.ckpt")

@@ -83,6 +83,11 @@ class TrainConfig:
     ema_decay: float = _f(0.999, "EMA decay per generator step.")
     device: Literal["auto", "cuda", "cpu"] = _f("auto", "auto = CUDA + nccl when a GPU is visible, else CPU + gloo.")
     find_unused_parameters: bool = _f(False, "Passed to DistributedDataParallel.")
+    fsdp: bool = _f(
+        False, "Shard the generator's parameters, gradients and optimizer state over the ranks with FSDP2 "
+        "instead of replicating them with DDP (for models or resolutions where DDP runs out of memory). "
+        "Checkpoints keep the same single-file layout, so a run can switch between DDP and FSDP on resume. "
+        "Not with --mix_precision fp16.")
 
     # ---- data -------------------------------------------------------------------------------------
     video_path: str | None = _f(None, "Folder searched recursively for training videos.")
@@ -214,6 +219,10 @@ class TrainConfig:
             errors.append(f"--ema_decay must be in [0, 1), got {self.ema_decay}.")
         if not self.clip_grad_norm > 0:
             errors.append(f"--clip_grad_norm must be > 0, got {self.clip_grad_norm}.")
+        if self.fsdp and self.mix_precision == "fp16":
+            # torch's GradScaler cannot unscale a mix of sharded (DTensor) and replicated gradients, and each
+            # rank would only see the infs of its own shard.
+            errors.append("--fsdp does not support --mix_precision fp16 (GradScaler); use bf16 or fp32.")
         if self.wavelet_loss and self.model_name == "CausalVAE":
             errors.append("--wavelet_loss needs the WFVAE's wavelet coefficients; CausalVAE has none.")
         if self.lpips_backbone_path and not Path(self.lpips_backbone_path).is_file():

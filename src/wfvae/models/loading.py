@@ -79,14 +79,21 @@ def read_state_dict(path: str | Path, prefer_ema: bool = True) -> tuple[dict[str
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, not a state dict or checkpoint")
     stored_config = data.get("model_config") if isinstance(data.get("model_config"), dict) else None
-    if prefer_ema and isinstance(data.get("ema_state_dict"), dict) and len(data["ema_state_dict"]) > 0:
-        logger.info("loading EMA weights from %s", path)
-        return data["ema_state_dict"], stored_config
     state = data.get("state_dict")
+    generator = None
     if isinstance(state, dict):
-        if isinstance(state.get("gen_model"), dict):
-            return state["gen_model"], stored_config
-        return state, stored_config
+        generator = state["gen_model"] if isinstance(state.get("gen_model"), dict) else state
+    ema = data.get("ema_state_dict")
+    if prefer_ema and isinstance(ema, dict) and len(ema) > 0:
+        logger.info("loading EMA weights from %s", path)
+        if generator is None:
+            return ema, stored_config
+        # EMA tracks trainable parameters only (here and in the original): frozen tensors such as
+        # the Haar filters and buffers come from the generator's state dict
+        strip = lambda sd: {k.removeprefix("module."): v for k, v in sd.items()}  # noqa: E731
+        return {**strip(generator), **strip(ema)}, stored_config
+    if generator is not None:
+        return generator, stored_config
     if all(isinstance(v, torch.Tensor) for v in data.values()):
         return data, stored_config
     raise CheckpointError(f"{path}: no 'ema_state_dict', 'state_dict.gen_model' or plain state dict found")

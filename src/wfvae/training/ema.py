@@ -13,6 +13,10 @@ Update rule (per parameter ``p`` and shadow ``s``): ``s <- decay * s + (1 - deca
 Checkpoint compatibility: the original trainer kept the shadow of the DDP-wrapped model, so its keys carry a
 ``module.`` prefix (``module.encoder.conv_in.weight``), and tools that read ``ema_state_dict`` strip it. We
 write the same prefix and accept keys with or without it on load.
+
+Under ``--fsdp`` the shadows are sharded like the parameters they follow (DTensors, 1/world_size each);
+:meth:`state_dict` gathers them (a collective: every rank calls it) and :meth:`load_state_dict` takes full
+tensors and keeps this rank's shard, so the checkpoint layout does not depend on the parallelism.
 """
 
 from __future__ import annotations
@@ -51,9 +55,17 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         """Move every shadow tensor toward the current parameter value."""
         names, params = self._pairs(model)
-        shadows = [self.shadow[n] for n in names]
-        # lerp(s, p, 1 - d) = s + (1 - d)(p - s) = d*s + (1 - d)*p, one fused kernel for all tensors.
-        torch._foreach_lerp_(shadows, [p.detach() for p in params], 1.0 - self.decay)
+        # lerp(s, p, 1 - d) = s + (1 - d)(p - s) = d*s + (1 - d)*p, one fused kernel per tensor type (under
+        # FSDP sharded DTensors and the replicated last layer cannot share one foreach call).
+        from wfvae.training.parallel import is_sharded
+
+        groups: dict[bool, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for n, p in zip(names, params):
+            shadows, values = groups.setdefault(is_sharded(p), ([], []))
+            shadows.append(self.shadow[n])
+            values.append(p.detach())
+        for shadows, values in groups.values():
+            torch._foreach_lerp_(shadows, values, 1.0 - self.decay)
 
     @contextlib.contextmanager
     def swapped_into(self, model: nn.Module) -> Iterator[None]:
@@ -75,8 +87,10 @@ class EMA:
         return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Shadow tensors keyed ``module.<param name>`` (the original's layout), on CPU."""
-        return {EMA_KEY_PREFIX + k: v.detach().cpu().clone() for k, v in self.shadow.items()}
+        """Shadow tensors keyed ``module.<param name>`` (the original's layout), full and on CPU."""
+        from wfvae.training.parallel import full_tensor
+
+        return {EMA_KEY_PREFIX + k: full_tensor(v.detach()).cpu().clone() for k, v in self.shadow.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
         """Load shadows saved by :meth:`state_dict` or by the original trainer.
@@ -84,6 +98,8 @@ class EMA:
         With ``strict`` every tracked parameter must be present with the same shape. Extra keys (e.g. encoder
         shadows when the encoder is now frozen) are ignored.
         """
+        from wfvae.training.parallel import shard_like
+
         stripped = {(k.removeprefix(EMA_KEY_PREFIX)): v for k, v in state.items()}
         missing = [k for k in self.shadow if k not in stripped]
         if strict and missing:
@@ -92,6 +108,6 @@ class EMA:
             if name not in stripped:
                 continue
             value = stripped[name]
-            if value.shape != current.shape:
+            if value.shape != current.shape:  # a DTensor's .shape is the full (global) shape
                 raise ValueError(f"EMA shadow {name!r} has shape {tuple(value.shape)}, model has {tuple(current.shape)}")
-            self.shadow[name] = value.to(device=current.device, dtype=current.dtype).clone()
+            self.shadow[name] = shard_like(value, current).clone()

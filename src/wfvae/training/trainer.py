@@ -13,6 +13,9 @@ How to run::
     torchrun --nnodes=2 --node_rank=$NODE_RANK --master_addr=$MASTER_ADDR --master_port=29500 \
         --nproc_per_node=8 -m wfvae.train ...
 
+    # a generator too big for DDP's full copy per GPU: shard it (same checkpoints, resumable either way)
+    torchrun --nproc_per_node=8 -m wfvae.train ... --fsdp
+
     # resume after a crash or pre-emption (same arguments)
     python -m wfvae.train ... --resume_from_checkpoint latest
 
@@ -22,6 +25,11 @@ before ``disc_start`` every step trains the generator. Each step consumes one ba
 
     generator step:      forward (DDP) -> VAE-GAN loss -> backward -> [all-reduce by DDP] -> clip -> AdamW -> EMA
     discriminator step:  forward without grad -> hinge loss on (real, recon) -> backward -> all-reduce -> clip -> AdamW
+
+With ``--fsdp`` the generator is sharded with FSDP2 instead of replicated (see ``wfvae.training.parallel``):
+the forward gathers one block at a time, backward reduce-scatters gradients, and each rank's AdamW updates its
+shard. The decoder's last layer stays replicated for the adaptive GAN weight; its gradient is all-reduced
+explicitly, like the discriminator's. Checkpoints hold full tensors either way.
 
 Every step ends at a *step boundary* where the trainer may validate (every ``--eval_steps``), save
 (every ``--save_ckpt_step``) and stop (``--max_steps``, SIGTERM/SIGINT). An update whose loss or gradient
@@ -43,7 +51,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Subset
 
 from wfvae.config import TrainConfig, parse_train_config
@@ -65,6 +72,16 @@ from wfvae.training.distributed import (
     init_distributed,
 )
 from wfvae.training.ema import EMA
+from wfvae.training.parallel import (
+    clip_grad_norm_,
+    full_model_state_dict,
+    full_optimizer_state_dict,
+    is_sharded,
+    load_model_state_dict,
+    load_optimizer_state_dict,
+    replicated_generator_params,
+    wrap_generator,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +210,7 @@ class Trainer:
     cfg: TrainConfig
     env: DistEnv
     # swappable components
-    model: nn.Module            # the unwrapped generator (what is saved)
+    model: nn.Module            # the generator (unwrapped under DDP; sharded in place under --fsdp)
     model_fwd: nn.Module        # DDP wrapper in multi-process runs, else the model itself
     loss_fn: nn.Module          # VAEGANLoss: logvar, perceptual_loss, discriminator (saved as "dics_model")
     gen_opt: torch.optim.Optimizer
@@ -297,6 +314,16 @@ class Trainer:
                 f"--batch_size {cfg.batch_size} (world size {env.world_size}); add videos or lower the batch size")
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
 
+        # --- parallelism (before the optimizers: FSDP replaces the parameters by their shards) ---------
+        # DDP: generator gradients are all-reduced during backward. FSDP: they are reduce-scattered, except
+        # the replicated last layer's (``gen_replicated_params``), which _apply_update all-reduces.
+        # The discriminator is not wrapped either way: it runs twice per step (real, fake) and is frozen in
+        # generator steps, which DDP's hooks do not handle; its gradients are all-reduced explicitly instead.
+        self.model_fwd = wrap_generator(self.model, env, fsdp=cfg.fsdp,
+                                        find_unused_parameters=cfg.find_unused_parameters)
+        self.fsdp = cfg.fsdp and env.distributed
+        self.gen_replicated_params = replicated_generator_params(self.model, self.fsdp)
+
         # --- optimizers, scaler ----------------------------------------------------------------------
         self.gen_params = generator_parameters(self.model)
         self.disc_params = [p for p in self.loss_fn.discriminator.parameters() if p.requires_grad]
@@ -318,15 +345,6 @@ class Trainer:
                 self.ema.load_state_dict(ema_state, strict=False)
             elif ckpt is not None:
                 logger.warning("checkpoint has no EMA weights; EMA starts from the current weights")
-
-        # --- DDP: gradients of the generator are all-reduced during backward ------------------------
-        # The discriminator is not wrapped: it runs twice per step (real, fake) and is frozen in generator
-        # steps, which DDP's hooks do not handle; its gradients are all-reduced explicitly instead.
-        self.model_fwd = self.model
-        if env.distributed:
-            self.model_fwd = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                 find_unused_parameters=cfg.find_unused_parameters,
-                                 broadcast_buffers=False)  # generator buffers are constants (wavelet filters)
 
         # --- validation data -------------------------------------------------------------------------
         self.val_loader = self._build_val_loader(data_mod) if cfg.eval_video_path else None
@@ -372,7 +390,8 @@ class Trainer:
         """Optimizers, discriminator, scaler, data position, step; returns this rank's RNG state (or None)."""
         cfg = self.cfg
         if not cfg.not_resume_optimizer:
-            self.gen_opt.load_state_dict(ck_get(ckpt, ck.OPTIMIZER_STATE, ck.GEN_OPTIMIZER))
+            load_optimizer_state_dict(self.model, self.gen_opt, ck_get(ckpt, ck.OPTIMIZER_STATE, ck.GEN_OPTIMIZER),
+                                      self.fsdp)
         if not cfg.not_resume_discriminator:
             self._load_disc_state(ck_get(ckpt, ck.STATE_DICT, ck.DISC_MODEL))
             self.disc_opt.load_state_dict(ck_get(ckpt, ck.OPTIMIZER_STATE, ck.DISC_OPTIMIZER))
@@ -431,8 +450,10 @@ class Trainer:
         return {
             ck.EPOCH: self.epoch,
             ck.STEP: self.step,
-            ck.OPTIMIZER_STATE: {ck.GEN_OPTIMIZER: self.gen_opt.state_dict(), ck.DISC_OPTIMIZER: self.disc_opt.state_dict()},
-            ck.STATE_DICT: {ck.GEN_MODEL: self.model.state_dict(), ck.DISC_MODEL: self.loss_fn.state_dict()},
+            ck.OPTIMIZER_STATE: {ck.GEN_OPTIMIZER: full_optimizer_state_dict(self.model, self.gen_opt, self.fsdp),
+                                 ck.DISC_OPTIMIZER: self.disc_opt.state_dict()},
+            ck.STATE_DICT: {ck.GEN_MODEL: full_model_state_dict(self.model, self.fsdp),
+                            ck.DISC_MODEL: self.loss_fn.state_dict()},
             ck.EMA_STATE: self.ema.state_dict() if self.ema is not None else {},
             ck.SCALER_STATE: self.scaler.state_dict(),
             ck.SAMPLER_STATE: self.sampler.state_dict(),
@@ -448,9 +469,11 @@ class Trainer:
         """Whether every rank holds the same generator and discriminator weights (collective).
 
         All-reduced gradients are identical on every rank, so the weights must be bit-identical; a difference
-        means a rank skipped or repeated an update.
+        means a rank skipped or repeated an update. Under --fsdp only the replicated parameters are compared
+        (each rank holds a different shard of the rest).
         """
-        params = list(self.model.parameters()) + list(self.loss_fn.discriminator.parameters())
+        params = [p for p in self.model.parameters() if not is_sharded(p)]
+        params += list(self.loss_fn.discriminator.parameters())
         fingerprint = torch.stack([p.detach().double().sum() for p in params]).cpu()
         gathered = all_gather_object(fingerprint, self.env)
         same = all(torch.equal(gathered[0], g) for g in gathered[1:])
@@ -471,12 +494,31 @@ class Trainer:
 
     def export_pretrained(self) -> Path | None:
         """``save_pretrained`` folder for inference: EMA weights when --ema, else the trained weights."""
+        if self.fsdp:
+            return self._export_pretrained_sharded()
         if not self.env.is_main:
             return None
         out = self.run_dir / "pretrained"
         ctx = self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext()
         with ctx:
             self.model.save_pretrained(out)
+        logger.info("exported %s weights for inference to %s", "EMA" if self.ema else "trained", out)
+        return out
+
+    def _export_pretrained_sharded(self) -> Path | None:
+        """``export_pretrained`` under --fsdp (collective): gather the full weights, then rank 0 writes them
+        from a plain copy of the model."""
+        from wfvae.models import MODEL_CLASSES
+
+        state = full_model_state_dict(self.model, fsdp=True)  # on rank 0 only
+        ema = self.ema.state_dict() if self.ema is not None else {}
+        if not self.env.is_main:
+            return None
+        state.update({k.removeprefix("module."): v for k, v in ema.items()})
+        plain = MODEL_CLASSES[self.cfg.model_name].from_config(self.model_config)
+        plain.load_weights(state, strict=True)
+        out = self.run_dir / "pretrained"
+        plain.save_pretrained(out)
         logger.info("exported %s weights for inference to %s", "EMA" if self.ema else "trained", out)
         return out
 
@@ -506,7 +548,8 @@ class Trainer:
             loss = loss * float("nan")
         self.gen_opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        status, grad_norm = self._apply_update(self.gen_opt, self.gen_params, loss, all_reduce_grads=False)
+        status, grad_norm = self._apply_update(self.gen_opt, self.gen_params, loss,
+                                               all_reduce=self.gen_replicated_params)
         if status == "ok" and self.ema is not None:
             self.ema.update(self.model)
         parts["grad_norm_g"] = grad_norm
@@ -522,21 +565,26 @@ class Trainer:
             loss = loss * float("nan")
         self.disc_opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        status, grad_norm = self._apply_update(self.disc_opt, self.disc_params, loss, all_reduce_grads=True)
+        status, grad_norm = self._apply_update(self.disc_opt, self.disc_params, loss, all_reduce=self.disc_params)
         parts["grad_norm_d"] = grad_norm
         return status, parts
 
-    def _apply_update(self, opt, params, loss, all_reduce_grads: bool) -> tuple[str, torch.Tensor]:
-        """Sync, check, clip and step. Returns ("ok" | "nonfinite" | "overflow", pre-clip grad norm)."""
+    def _apply_update(self, opt, params, loss, all_reduce: list[nn.Parameter]) -> tuple[str, torch.Tensor]:
+        """Sync, check, clip and step. Returns ("ok" | "nonfinite" | "overflow", pre-clip grad norm).
+
+        ``all_reduce``: parameters whose gradients no wrapper has averaged over ranks yet (the discriminator;
+        under --fsdp also the generator's replicated last layer).
+        """
         env = self.env
-        if all_reduce_grads and env.distributed:
-            grads = [p.grad for p in params if p.grad is not None]
-            flat = torch._utils._flatten_dense_tensors(grads)
-            all_reduce_sum_(flat, env).div_(env.world_size)
-            for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-                g.copy_(synced)
+        if all_reduce and env.distributed:
+            grads = [p.grad for p in all_reduce if p.grad is not None]
+            if grads:
+                flat = torch._utils._flatten_dense_tensors(grads)
+                all_reduce_sum_(flat, env).div_(env.world_size)
+                for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+                    g.copy_(synced)
         self.scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad_norm)
+        grad_norm = clip_grad_norm_(params, self.cfg.clip_grad_norm)  # global norm, also over FSDP shards
         # One small all-reduce carries the loss (for the log), the norm and the stop request, so every rank
         # takes the same decision; .tolist() is the step's one host-device sync point.
         flags = torch.stack([loss.detach().float(), grad_norm.detach().float().to(self.device),
@@ -582,8 +630,9 @@ class Trainer:
         """Restore weights, optimizers, EMA and scaler from ``path``; keep the step and data position, so the
         batches that produced the non-finite values are not replayed."""
         ckpt = load_checkpoint(path)
-        self.model.load_weights(ck_get(ckpt, ck.STATE_DICT, ck.GEN_MODEL), strict=True)
-        self.gen_opt.load_state_dict(ck_get(ckpt, ck.OPTIMIZER_STATE, ck.GEN_OPTIMIZER))
+        load_model_state_dict(self.model, ck_get(ckpt, ck.STATE_DICT, ck.GEN_MODEL), self.fsdp)
+        load_optimizer_state_dict(self.model, self.gen_opt, ck_get(ckpt, ck.OPTIMIZER_STATE, ck.GEN_OPTIMIZER),
+                                  self.fsdp)
         self._load_disc_state(ck_get(ckpt, ck.STATE_DICT, ck.DISC_MODEL))
         self.disc_opt.load_state_dict(ck_get(ckpt, ck.OPTIMIZER_STATE, ck.DISC_OPTIMIZER))
         if self.scaler.is_enabled() and ckpt.get(ck.SCALER_STATE):
@@ -609,7 +658,9 @@ class Trainer:
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # psnr, lpips, count
         videos: list[np.ndarray] = []
         start = time.perf_counter()
+        num_batches = 0
         for batch in self.val_loader:
+            num_batches += 1
             video = batch["video"].to(self.device, non_blocking=True)
             with self._autocast():
                 recon = self.model(video, sample_posterior=False).sample
@@ -625,6 +676,8 @@ class Trainer:
                     side = torch.cat([real, fake], dim=-1)  # (3, T, H, 2W): input | reconstruction
                     videos.append(((side.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255)
                                   .to(torch.uint8).cpu().numpy())
+        if self.fsdp:
+            self._pad_sharded_forwards(num_batches)
         all_reduce_sum_(sums, self.env)
         self._set_train_mode()
         n = int(sums[2].item())
@@ -639,6 +692,18 @@ class Trainer:
             logger.info("%s at step %d: %s", prefix, self.step,
                         {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
         return result
+
+    def _pad_sharded_forwards(self, num_batches: int) -> None:
+        """Under --fsdp every forward is a collective (it gathers each block's shards), so a rank with fewer
+        validation batches (videos are split unevenly over ranks) runs throw-away forwards until all ranks
+        have run as many as the busiest one."""
+        most = max(all_gather_object(num_batches, self.env))
+        cfg = self.cfg
+        size = cfg.eval_resolution
+        dummy = torch.zeros(1, 3, cfg.eval_num_frames, size, size, device=self.device)  # (B, C, T, H, W)
+        for _ in range(most - num_batches):
+            with self._autocast():
+                self.model(dummy, sample_posterior=False)
 
     # ---- signals ----------------------------------------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
