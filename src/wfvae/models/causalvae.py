@@ -31,6 +31,18 @@ def _resnet(name: str, in_ch: int, out_ch: int, norm_type: str, dropout: float) 
     return pick(RESNET_BLOCKS, name, "resnet block")(in_ch, out_ch, norm_type, dropout)
 
 
+def _run_level(level: nn.Module, h: torch.Tensor, stream: StreamState | None, resamplers: tuple[str, ...]) -> torch.Tensor:
+    """One resolution level: residual blocks (each followed by its attention, if any), then resampling."""
+    for i, block in enumerate(level.block):
+        h = block(h, stream)
+        if len(level.attn) > 0:
+            h = level.attn[i](h, stream)
+    for name in resamplers:
+        if hasattr(level, name):
+            h = getattr(level, name)(h, stream)
+    return h
+
+
 class CausalVAEEncoder(nn.Module):
     def __init__(
         self, z_channels, hidden_size, hidden_size_mult, attn_resolutions, conv_in, conv_out, attention,
@@ -78,14 +90,7 @@ class CausalVAEEncoder(nn.Module):
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         h = self.conv_in(x, stream)
         for level in self.down:
-            for i, block in enumerate(level.block):
-                h = block(h, stream)
-                if len(level.attn) > 0:
-                    h = level.attn[i](h, stream)
-            if hasattr(level, "downsample"):
-                h = level.downsample(h, stream)
-            if hasattr(level, "time_downsample"):
-                h = level.time_downsample(h, stream)
+            h = _run_level(level, h, stream, ("downsample", "time_downsample"))
         h = self.mid.block_1(h, stream)
         h = self.mid.attn_1(h, stream)
         h = self.mid.block_2(h, stream)
@@ -140,14 +145,7 @@ class CausalVAEDecoder(nn.Module):
         h = self.mid.attn_1(h, stream)
         h = self.mid.block_2(h, stream)
         for level in reversed(self.up):
-            for i, block in enumerate(level.block):
-                h = block(h, stream)
-                if len(level.attn) > 0:
-                    h = level.attn[i](h, stream)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h, stream)
-            if hasattr(level, "time_upsample"):
-                h = level.time_upsample(h, stream)
+            h = _run_level(level, h, stream, ("upsample", "time_upsample"))
         return self.conv_out(F.silu(self.norm_out(h, stream)), stream)
 
 
