@@ -9,7 +9,8 @@ How to run::
 Stages, each with the project's real code path:
   1. a small dataset of realistic clips (camera moves over photographs shipped with scikit-image,
      plus moving objects), with a held-out validation split of unseen photographs;
-  2. a tiny WF-VAE trained by the real trainer (GAN loss after a warm-up, validation, checkpoints);
+  2. a tiny WF-VAE trained by the real trainer (L1 + KL + wavelet loss, validation, checkpoints;
+     the GAN phase is opt-in with --gan_from, as a few minutes are too short for it to help);
   3. the held-out clips reconstructed before and after training (lossless FFV1 files + originals);
   4. PSNR / SSIM (and LPIPS / FVD when their weights are on disk; otherwise the demo says which
      file to provide) over the held-out set;
@@ -81,8 +82,14 @@ def _optional_metrics(device: str) -> tuple[list[str], list[str]]:
     return extra, notes
 
 
-def run_demo(out: str | Path = "demo_out", steps: int = 120, fast: bool = False, seed: int = 0) -> dict:
-    """Run every stage; returns a summary (paths and metric values before/after training)."""
+def run_demo(
+    out: str | Path = "demo_out", steps: int = 120, fast: bool = False, seed: int = 0, gan_from: int | None = None
+) -> dict:
+    """Run every stage; returns a summary (paths and metric values before/after training).
+
+    ``gan_from``: step at which the discriminator and adversarial loss start (default: never,
+    except in ``fast`` mode, which starts it at step 3 to exercise the whole loop).
+    """
     from wfvae.demo.dataset import make_demo_dataset
     from wfvae.evaluation.evaluate import evaluate_folders
     from wfvae.inference.reconstruct import main as reconstruct_main
@@ -94,6 +101,7 @@ def run_demo(out: str | Path = "demo_out", steps: int = 120, fast: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     num_frames, size = (9, 32) if fast else (9, 64)
     steps = 4 if fast else steps
+    disc_start = 3 if fast else (gan_from if gan_from is not None else steps + 1)
     started = time.time()
 
     _stage("1/5 making the demo dataset")
@@ -117,7 +125,10 @@ def run_demo(out: str | Path = "demo_out", steps: int = 120, fast: bool = False,
         "--num_frames", str(num_frames), "--resolution", str(size), "--sample_rate", "1",
         "--batch_size", "2", "--lr", "2e-3", "--max_steps", str(steps), "--epochs", "1000",
         "--mix_precision", "fp32", "--device", "cpu", "--dataset_num_worker", "0",
-        "--disc_start", str(int(steps * 0.75)), "--disc_base_channels", "16", "--disc_num_layers", "2",
+        # The adversarial phase needs far more steps than a 5-minute CPU run has: started at 75 % of
+        # 120 steps it lowered held-out PSNR (12.2 -> 9.6 dB in our calibration run). The default demo
+        # therefore trains without it; --gan_from (and --fast, which exercises every code path) turn it on.
+        "--disc_start", str(disc_start), "--disc_base_channels", "16", "--disc_num_layers", "2",
         "--perceptual_weight", "0", "--kl_weight", "1e-6", "--loss_type", "l1",
         "--wavelet_loss", "--wavelet_weight", "0.1",
         "--eval_steps", str(eval_every), "--eval_num_frames", str(num_frames), "--eval_resolution", str(size),
@@ -175,10 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="demo_out", help="output folder (default ./demo_out)")
     p.add_argument("--steps", type=int, default=120, help="training steps (default 120, ~5 min on 2 idle CPU cores)")
     p.add_argument("--fast", action="store_true", help="tiny everything: a smoke test that takes seconds")
+    p.add_argument("--gan_from", type=int, default=None,
+                   help="start the discriminator / adversarial loss at this step (default: no GAN phase)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     setup_logging()
-    run_demo(args.out, steps=args.steps, fast=args.fast, seed=args.seed)
+    run_demo(args.out, steps=args.steps, fast=args.fast, seed=args.seed, gan_from=args.gan_from)
     return 0
 
 
