@@ -61,9 +61,8 @@ def test_backbone_loaded_from_torch_hub_cache(no_weights_anywhere, alexnet_state
     assert torch.equal(getattr(model.net.slice1, "0").weight, state["features.0.weight"])
     assert torch.equal(getattr(model.net.slice5, "10").bias, state["features.10.bias"])
     # The calibrated linear layers are the package's own.
-    package_lin = torch.load(
-        Path(lpips_pkg.__file__).parent / "weights" / "v0.1" / "alex.pth", map_location="cpu", weights_only=True
-    )
+    lin_path = Path(lpips_pkg.__file__).parent / "weights" / "v0.1" / "alex.pth"
+    package_lin = torch.load(lin_path, map_location="cpu", weights_only=True)
     assert torch.equal(model.lin0.model[1].weight, package_lin["lin0.model.1.weight"])
     assert model.lins[4] is model.lin4
 

@@ -116,12 +116,18 @@ def is_image_path(path: str | os.PathLike) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _open(path: str | os.PathLike):
+def _existing_nonempty(path: str | os.PathLike) -> str:
+    """``path`` as a string; VideoDecodeError when it is missing or empty."""
     path = str(path)
     if not os.path.exists(path):
         raise VideoDecodeError(path, "file does not exist")
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(path, "empty file (0 bytes)")
+    return path
+
+
+def _open(path: str | os.PathLike):
+    path = _existing_nonempty(path)
     try:
         container = av.open(path, mode="r")
     except _DECODE_ERRORS as e:
@@ -296,11 +302,7 @@ def _count_by_decoding(container, stream) -> int:
 def _probe_image(path) -> VideoInfo:
     from PIL import Image, UnidentifiedImageError
 
-    path = str(path)
-    if not os.path.exists(path):
-        raise VideoDecodeError(path, "file does not exist")
-    if os.path.getsize(path) == 0:
-        raise VideoDecodeError(path, "empty file (0 bytes)")
+    path = _existing_nonempty(path)
     try:
         with Image.open(path) as img:
             img.load()
