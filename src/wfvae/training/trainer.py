@@ -839,11 +839,12 @@ class Trainer:
         self.metrics.log(record, step=self.step)
         if bar is not None and not bar.disable:
             bar.set_postfix(loss=f"{self._last_loss:.4g}", clips_s=f"{record['perf/clips_per_s']:.2f}")
-        logger.info("step %d/%d g_total %.5g rec %.4g kl %.4g g_adv %.4g d %.4g | %.2f it/s %.2f clips/s",
-                    self.step, self.total_steps, values.get("loss_g_total", float("nan")),
-                    values.get("loss_rec", float("nan")),
-                    values.get("loss_kl", float("nan")), values.get("loss_g_adv", float("nan")),
-                    values.get("loss_d", float("nan")), record["perf/it_per_s"], record["perf/clips_per_s"])
+        def shown(key: str) -> str:  # "-": not computed in this logging window (e.g. no D step yet)
+            return f"{values[key]:.4g}" if key in values else "-"
+
+        logger.info("step %d/%d g_total %s rec %s kl %s g_adv %s d %s | %.2f it/s %.2f clips/s",
+                    self.step, self.total_steps, shown("loss_g_total"), shown("loss_rec"), shown("loss_kl"),
+                    shown("loss_g_adv"), shown("loss_d"), record["perf/it_per_s"], record["perf/clips_per_s"])
 
     def close(self) -> None:
         self._restore_signal_handlers()
