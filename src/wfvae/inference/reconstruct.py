@@ -261,10 +261,9 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
                 row["lpips"] = float(M.lpips(video, recon, lpips_model)[0])
             rows.append(row)
             if not done:
-                fps = cfg.sample_fps
-                write_output(recon_path, to_uint8_frames(recon[0]), cfg.format, fps, is_image)
+                write_output(recon_path, to_uint8_frames(recon[0]), cfg.format, cfg.sample_fps, is_image)
                 if cfg.output_origin:
-                    write_output(origin_path, to_uint8_frames(video[0]), cfg.format, fps, is_image)
+                    write_output(origin_path, to_uint8_frames(video[0]), cfg.format, cfg.sample_fps, is_image)
             else:
                 skipped_existing += 1
         gathered = [r for part in all_gather_object(rows, env) for r in part]

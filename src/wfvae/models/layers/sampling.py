@@ -186,9 +186,6 @@ UPSAMPLERS = {
 TIME_DOWNSAMPLERS = {"TimeDownsample2x": TimeDownsample2x, "TimeDownsampleRes2x": TimeDownsampleRes2x}
 TIME_UPSAMPLERS = {"TimeUpsample2x": TimeUpsample2x, "TimeUpsampleRes2x": TimeUpsampleRes2x}
 
-# temporal factor each layer applies (for computing a model's compression ratios)
-TEMPORAL_FACTOR = {"Spatial2xTime2x3DDownsample": 2, "Spatial2xTime2x3DUpsample": 2}
-
 
 def pick(table: dict, name: str, what: str):
     """Look ``name`` up in ``table`` with an error that lists the valid choices."""
