@@ -66,7 +66,9 @@ def _reset_peak_rss() -> None:
 def _load_ours(job):
     from wfvae.models import load_model
 
-    return load_model(job["weights"]).eval()
+    # as the reconstruct / encode / decode commands load it: convolution weights channels-last
+    model = load_model(job["weights"]).eval().use_channels_last_weights()
+    return model.use_winograd_convolutions(job.get("conv") == "winograd")
 
 
 def _load_reference(job):
@@ -217,6 +219,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=sorted(DTYPES))
     p.add_argument("--enc_chunk", type=int, default=8, help="frames per encoder chunk (chunked variant)")
     p.add_argument("--dec_chunk", type=int, default=2, help="latent frames per decoder chunk (chunked variant)")
+    p.add_argument("--conv", default="direct", choices=["direct", "winograd"],
+                   help="our 3x3 convolutions: oneDNN's direct kernels or Winograd F(2x2,3x3) (CPU only)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every process")
     p.add_argument("--repeats", type=int, default=3)
@@ -235,7 +239,7 @@ def main(argv=None) -> int:
 
     weights, facts = prepare_weights(args)
     rows = []
-    header = (f"{'mode':9} {'variant':7} {'dtype':5} {'T':>4} {'px':>4} | {'ours s':>8} {'orig s':>8} {'ratio':>5} | "
+    header = (f"{'mode':9} {'variant':12} {'dtype':5} {'T':>4} {'px':>4} | {'ours s':>8} {'orig s':>8} {'ratio':>5} | "
               f"{'ours MB':>8} {'orig MB':>8} {'ratio':>5} | {'ours act':>8} {'orig act':>8} {'ratio':>5} | max|diff|")
     print(header)
     print("-" * len(header))
@@ -246,7 +250,7 @@ def main(argv=None) -> int:
                     for size in args.sizes:
                         base = dict(facts, weights=weights, reference_repo=args.reference_repo, mode=mode, variant=variant,
                                     dtype=dtype, frames=frames, size=size, enc_chunk=args.enc_chunk,
-                                    dec_chunk=args.dec_chunk, device=args.device, threads=args.threads,
+                                    dec_chunk=args.dec_chunk, conv=args.conv, device=args.device, threads=args.threads,
                                     repeats=args.repeats, warmup=args.warmup)
                         row = dict(base, weights=None)
                         if not args.skip_time:
@@ -282,7 +286,7 @@ def format_row(row: dict) -> str:
     m_ours, m_ref = row.get("memory_ours", {}), row.get("memory_reference", {})
     diff = row.get("time", {}).get("max_abs_diff")
     return (
-        f"{row['mode']:9} {row['variant']:7} {row['dtype']:5} {row['frames']:4d} {row['size']:4d} | "
+        f"{row['mode']:9} {row['variant'] + ('+wino' if row.get('conv') == 'winograd' else ''):12} {row['dtype']:5} {row['frames']:4d} {row['size']:4d} | "
         f"{_num(t_ours, '8.2f')} {_num(t_ref, '8.2f')} {_ratio(t_ours, t_ref)} | "
         f"{_num(m_ours.get('peak_mb'), '8.0f')} {_num(m_ref.get('peak_mb'), '8.0f')} "
         f"{_ratio(m_ours.get('peak_mb'), m_ref.get('peak_mb'))} | "

@@ -38,13 +38,15 @@ def main(argv=None) -> int:
     config = json.loads(Path(args.config).read_text())
     torch.manual_seed(0)
     ours = build_model(config).eval()
+    reference_state = {k: v.contiguous() for k, v in ours.state_dict().items()}
+    ours.use_channels_last_weights()  # as the reconstruct / encode / decode commands run it
     runs = {"ours": lambda x: ours.decode(ours.encode(x).mode())}
     if args.reference_repo:
         sys.path.insert(0, args.reference_repo)  # the original is imported only for this comparison
         from causalvideovae.model.vae.modeling_wfvae import WFVAEModel
 
         reference = WFVAEModel(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
-        reference.load_state_dict(ours.state_dict(), strict=True)
+        reference.load_state_dict(reference_state, strict=True)
         runs["reference"] = lambda x: reference.decode(reference.encode(x).latent_dist.mode()).sample
     g = torch.Generator().manual_seed(0)
     video = torch.rand(1, 3, args.frames, args.size, args.size, generator=g) * 2 - 1

@@ -178,3 +178,30 @@ def test_posterior_api():
     kl = post.kl()
     manual = 0.5 * (post.mean**2 + post.logvar.exp() - 1 - post.logvar).sum(dim=(1, 2, 3, 4))
     torch.testing.assert_close(kl, manual)
+
+
+@pytest.mark.parametrize("config", ["wfvae_tiny.json", "causalvae_tiny.json"])
+def test_channels_last_weights_keep_outputs_and_weights_io(tmp_path, config):
+    torch.manual_seed(3)
+    model = build_model(ROOT / "examples" / "configs" / config).double().eval()
+    fast = build_model(ROOT / "examples" / "configs" / config).double().eval()
+    fast.load_state_dict(model.state_dict())
+    assert fast.use_channels_last_weights() is fast
+    convs = [m for m in fast.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+
+    def channels_last(m):
+        fmt = torch.channels_last_3d if m.weight.dim() == 5 else torch.channels_last
+        return m.weight.is_contiguous(memory_format=fmt)
+
+    assert convs and all(channels_last(m) for m in convs)
+    assert any(not m.weight.is_contiguous() for m in convs)
+    x = torch.rand(1, 3, 9, 16, 16, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        expected = model.decode(model.encode(x).mode())
+        got = fast.decode(fast.encode(x).mode())
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+    # loading into the channels-last model keeps its layout; saving writes plain contiguous tensors
+    fast.load_state_dict(model.state_dict())
+    assert all(channels_last(m) for m in convs)
+    fast.save_pretrained(tmp_path / "m")
+    _same_weights(model, load_model(tmp_path / "m").double())

@@ -80,7 +80,7 @@ def encode_folder(
     video_path: str, ckpt: str, out: str, num_frames: int = 33, sample_rate: int = 1, resolution: int = 256,
     crop_size: int | None = None, sample: bool = False, apply_scale_shift: bool = False, shard_size: int = 64,
     chunk_size: int | None = None, device: str = "auto", config: str | None = None, cache_dir: str | None = None,
-    seed: int = 0,
+    seed: int = 0, conv: str = "winograd",
 ) -> dict:
     """Encode every usable video below ``video_path`` into ``out``. Returns a summary dict."""
     from safetensors.torch import save
@@ -91,7 +91,8 @@ def encode_folder(
 
     env = init_distributed(device)
     try:
-        model = load_model(ckpt, config=config, device=env.device)
+        model = load_model(ckpt, config=config, device=env.device).use_channels_last_weights()
+        model.use_winograd_convolutions(conv == "winograd")
         sf = model.spatial_compression_ratio
         model.check_video(torch.zeros(1, 3, num_frames, sf, sf))
         out_dir = Path(out)
@@ -169,12 +170,14 @@ def load_latents(latents_dir: str | Path, which: str = "mean"):
 
 # ------------------------------------------------------------------------------ decode
 def decode_folder(latents: str, ckpt: str, out: str, fmt: str = "mp4", fps: float | None = None,
-                  chunk_size: int | None = None, device: str = "cpu", config: str | None = None) -> int:
+                  chunk_size: int | None = None, device: str = "cpu", config: str | None = None,
+                  conv: str = "winograd") -> int:
     """Decode every latent of a latents folder into ``out/<source path>``; returns the count."""
     from wfvae import load_model
     from wfvae.inference.reconstruct import FORMATS, to_uint8_frames, write_output
 
-    model = load_model(ckpt, config=config, device=device)
+    model = load_model(ckpt, config=config, device=device).use_channels_last_weights()
+    model.use_winograd_convolutions(conv == "winograd")
     count = 0
     for record, z in load_latents(latents):
         if record["model_config_hash"] != config_hash(model.config):
@@ -240,6 +243,8 @@ def _encode_parser() -> argparse.ArgumentParser:
     p.add_argument("--apply_scale_shift", action="store_true", help="store (z - shift) * scale using the config's values")
     p.add_argument("--shard_size", type=int, default=64, help="videos per safetensors shard")
     p.add_argument("--chunk_size", type=int, default=None, help="encode this many frames at a time (exact)")
+    p.add_argument("--conv", choices=["winograd", "direct"], default="winograd",
+                   help="3x3 convolutions on CPU: Winograd F(2x2,3x3) or oneDNN's direct kernels")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -270,6 +275,8 @@ def decode_main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", dest="fmt", choices=["mp4", "mkv", "png"], default="mp4")
     p.add_argument("--fps", type=float, default=None)
     p.add_argument("--chunk_size", type=int, default=None, help="decode this many latent frames at a time (exact)")
+    p.add_argument("--conv", choices=["winograd", "direct"], default="winograd",
+                   help="3x3 convolutions on CPU: Winograd F(2x2,3x3) or oneDNN's direct kernels")
     p.add_argument("--device", default="cpu")
     n = decode_folder(**vars(p.parse_args(argv)))
     print(f"decoded {n} videos")

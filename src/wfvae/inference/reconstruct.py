@@ -66,6 +66,8 @@ class ReconstructConfig:
     """decode this many latent frames at a time; exact"""
     dtype: str = "fp32"
     """fp32 | bf16 | fp16 (autocast on CUDA; fp32 math is always used on CPU)"""
+    conv: str = "winograd"
+    """3x3 convolutions on CPU: winograd (F(2x2,3x3), fewer multiply-adds) | direct (oneDNN kernels)"""
     device: str = "auto"
     """auto | cpu | cuda"""
     format: str = "mp4"
@@ -102,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk_size", type=int, default=None)
     p.add_argument("--decode_chunk_size", type=int, default=None)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--conv", choices=["winograd", "direct"], default="winograd",
+                   help="3x3 convolutions on CPU: Winograd F(2x2,3x3) or oneDNN's direct kernels (GPUs always use cuDNN)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--format", choices=sorted(FORMATS), default="mp4")
     p.add_argument("--sample_fps", type=float, default=24.0)
@@ -212,7 +216,8 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
 
     env = init_distributed(cfg.device)
     try:
-        model = load_model(cfg.ckpt, config=cfg.config, model_name=cfg.model_name, device=env.device)
+        model = load_model(cfg.ckpt, config=cfg.config, model_name=cfg.model_name, device=env.device).use_channels_last_weights()
+        model.use_winograd_convolutions(cfg.conv == "winograd")
         src = Path(cfg.real_video_dir)
         out_dir = Path(cfg.generated_video_dir)
         if src.is_file():

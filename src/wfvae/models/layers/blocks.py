@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import CausalConv3d, frames_to_images, images_to_frames
+from .conv import CausalConv3d, FrameConv2d, frames_to_images, images_to_frames
 from .norm import make_norm
 from .stream import StopChunk, StreamState
 
@@ -18,10 +18,10 @@ class ResnetBlock2D(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.norm1 = make_norm(in_channels, norm_type)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv1 = FrameConv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
         self.norm2 = make_norm(out_channels, norm_type)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv2 = FrameConv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
         if in_channels != out_channels:
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
         # normalisation here sees one frame at a time, so GroupNorm does not mix frames

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import winograd
 from .stream import StreamState, causal_time_window, padded_layout
 
 
@@ -43,9 +44,19 @@ def images_to_frames(x: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 class FrameConv2d(nn.Conv2d):
-    """A 2D convolution applied to every frame independently (state-dict keys of ``nn.Conv2d``)."""
+    """A 2D convolution applied to every frame independently (state-dict keys of ``nn.Conv2d``).
+
+    Takes videos (B, C, T, H, W) or images (N, C, H, W).
+    """
+
+    winograd = False  # Winograd F(2x2, 3x3) on CPU without gradients; see use_winograd_convolutions
 
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+        if self.winograd and winograd.applies(x) and winograd.worthwhile(x, 1):
+            weight = self.weight.unsqueeze(2)  # a 3D kernel with one time tap
+            if x.dim() == 4:
+                return winograd.conv3d(x.unsqueeze(2), weight, self.bias).squeeze(2)
+            return winograd.conv3d(x, weight, self.bias)
         if x.dim() == 4:
             return super().forward(x)
         # small inputs may take a non-oneDNN kernel that returns NCHW; keep the video channels-last
@@ -65,6 +76,8 @@ class CausalConv3d(nn.Module):
         stride: int or (t, h, w).
         padding: int or (t, h, w); the time entry is ignored (time is padded causally).
     """
+
+    winograd = False  # Winograd F(2x2, 3x3) on CPU without gradients; see use_winograd_convolutions
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True):
         super().__init__()
@@ -88,12 +101,17 @@ class CausalConv3d(nn.Module):
             x = silu_causal_padded(x, self.time_kernel - 1)
             if x.shape[2] < self.time_kernel:
                 return self._no_frames(x)
-            return self.conv(x)
+            return self._convolve(x)
         if apply_silu:
             x = F.silu(x)
         x = self.pad(x, stream)
         if x.shape[2] < self.time_kernel:
             return self._no_frames(x)
+        return self._convolve(x)
+
+    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
+        if self.winograd and winograd.applies(x) and winograd.worthwhile(x, self.time_kernel):
+            return winograd.conv3d(x, self.conv.weight, self.conv.bias)
         return self.conv(x)
 
     def _no_frames(self, x: torch.Tensor) -> torch.Tensor:

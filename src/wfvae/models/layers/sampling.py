@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .conv import CausalConv3d, frames_to_images, images_to_frames
+from .conv import CausalConv3d, FrameConv2d, frames_to_images, images_to_frames
 from .stream import StreamState, causal_time_window, time_upsample_2x
 
 
@@ -37,7 +37,7 @@ class Upsample(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, **_):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv = FrameConv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
 
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         y = F.interpolate(frames_to_images(x), scale_factor=2.0, mode="nearest")

@@ -1,0 +1,96 @@
+"""Winograd F(2x2, 3x3) convolutions: equal to the direct convolution up to float rounding."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wfvae.models import build_model
+from wfvae.models.layers import winograd
+from wfvae.models.layers.conv import CausalConv3d, FrameConv2d
+
+CONFIGS = Path(__file__).parents[1] / "examples" / "configs"
+
+
+@pytest.mark.parametrize(
+    "batch, channels, out_channels, frames, height, width, kernel_t, block_elements",
+    [
+        (1, 8, 5, 6, 6, 6, 3, winograd.BLOCK_ELEMENTS),
+        (2, 7, 9, 5, 7, 9, 3, winograd.BLOCK_ELEMENTS),  # odd height and width, batch of two
+        (1, 6, 4, 3, 5, 4, 1, winograd.BLOCK_ELEMENTS),  # one time tap (per-frame 3x3 conv)
+        (1, 3, 4, 2, 1, 1, 1, winograd.BLOCK_ELEMENTS),  # 1x1 frames
+        (2, 5, 6, 9, 8, 6, 3, 1),  # one output frame per block
+        (1, 4, 3, 8, 6, 10, 2, 16 * 4 * 3 * 15 * 4),  # blocks of several frames, last one shorter
+    ],
+)
+def test_matches_direct_convolution_in_float64(batch, channels, out_channels, frames, height, width, kernel_t,
+                                               block_elements):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, frames, height, width, generator=g, dtype=torch.float64)
+    w = torch.randn(out_channels, channels, kernel_t, 3, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(out_channels, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        got = winograd.conv3d(x, w, b, block_elements=block_elements)
+    expected = F.conv3d(x, w, b, padding=(0, 1, 1))
+    assert got.shape == expected.shape
+    assert got.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+
+
+def test_float32_error_is_within_the_direct_kernels_own():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 64, 5, 16, 16, generator=g)
+    w = torch.randn(48, 64, 3, 3, 3, generator=g) / (64 * 27) ** 0.5
+    exact = F.conv3d(x.double(), w.double(), padding=(0, 1, 1))
+    with torch.no_grad():
+        wino_err = (winograd.conv3d(x, w, None).double() - exact).abs().max().item()
+        direct_err = (F.conv3d(x, w, padding=(0, 1, 1)).double() - exact).abs().max().item()
+    assert wino_err < 1e-5
+    assert wino_err <= 2 * direct_err + 1e-6
+
+
+def test_which_convolutions_are_supported():
+    assert winograd.supports(CausalConv3d(4, 4, 3, padding=1).conv)
+    assert winograd.supports(CausalConv3d(4, 4, (1, 3, 3), padding=1).conv)
+    assert winograd.supports(FrameConv2d(4, 4, 3, padding=1))
+    assert not winograd.supports(CausalConv3d(4, 4, 3, stride=2).conv)  # strided downsampling
+    assert not winograd.supports(CausalConv3d(4, 4, 1).conv)  # 1x1x1
+    assert not winograd.supports(FrameConv2d(4, 4, 3, padding=0))
+    assert not winograd.supports(torch.nn.Conv2d(4, 4, 3, padding=1, groups=2))
+
+
+@pytest.mark.parametrize("config", ["wfvae_tiny.json", "causalvae_tiny.json"])
+def test_models_match_with_winograd_full_and_chunked(monkeypatch, config):
+    monkeypatch.setattr(winograd, "MIN_OUTPUT_PIXELS", 0)  # tiny inputs: use Winograd everywhere it applies
+    calls = []
+    real = winograd.conv3d
+    monkeypatch.setattr(winograd, "conv3d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    model = build_model(CONFIGS / config).double().eval()
+    x = torch.rand(1, 3, 9, 24, 24, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        expected = model.decode(model.encode(x).mode())
+        assert not calls
+        fast = model.use_winograd_convolutions()
+        assert fast is model
+        full = model.decode(model.encode(x).mode())
+        assert calls
+        chunked = model.decode(model.encode(x, chunk_size=model.temporal_compression_ratio).mode(), chunk_size=1)
+    torch.testing.assert_close(full, expected, atol=1e-10, rtol=0)
+    torch.testing.assert_close(chunked, expected, atol=1e-10, rtol=0)
+
+
+def test_gradients_and_small_inputs_use_the_direct_kernel(monkeypatch):
+    torch.manual_seed(0)
+    model = build_model(CONFIGS / "wfvae_tiny.json").use_winograd_convolutions()
+    calls = []
+    real = winograd.conv3d
+    monkeypatch.setattr(winograd, "conv3d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    model(x)  # training-style call with autograd: regular kernels
+    with torch.no_grad():
+        model.encode(x)  # below MIN_OUTPUT_PIXELS everywhere
+    assert not calls
+    model.use_winograd_convolutions(False)
+    assert not any(getattr(m, "winograd", False) for m in model.modules())
