@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rows", type=int, default=15)
+    p.add_argument("--conv", default="direct", choices=["direct", "winograd"], help="our 3x3 convolutions")
+    p.add_argument("--record_shapes", action="store_true", help="also print the table grouped by input shape")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -40,6 +42,7 @@ def main(argv=None) -> int:
     ours = build_model(config).eval()
     reference_state = {k: v.contiguous() for k, v in ours.state_dict().items()}
     ours.use_channels_last_weights()  # as the reconstruct / encode / decode commands run it
+    ours.use_winograd_convolutions(args.conv == "winograd")
     runs = {"ours": lambda x: ours.decode(ours.encode(x).mode())}
     if args.reference_repo:
         sys.path.insert(0, args.reference_repo)  # the original is imported only for this comparison
@@ -54,10 +57,13 @@ def main(argv=None) -> int:
     with torch.inference_mode():
         for name, run in runs.items():
             run(video)
-            with profile(activities=activities) as prof:
+            with profile(activities=activities, record_shapes=args.record_shapes) as prof:
                 run(video)
             print(f"== {name}: {args.frames}x{args.size}x{args.size}, {args.threads} threads")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+            if args.record_shapes:
+                print(prof.key_averages(group_by_input_shape=True).table(
+                    sort_by="self_cpu_time_total", row_limit=args.rows, max_shapes_column_width=90))
     return 0
 
 
