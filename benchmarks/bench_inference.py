@@ -64,11 +64,9 @@ def _reset_peak_rss() -> None:
 
 
 def _load_ours(job):
-    from wfvae.models import load_model
+    from wfvae.inference.reconstruct import load_for_inference
 
-    # as the reconstruct / encode / decode commands load it: convolution weights channels-last
-    model = load_model(job["weights"]).eval().use_channels_last_weights()
-    return model.use_winograd_convolutions(job.get("conv") == "winograd")
+    return load_for_inference(job["weights"], job.get("conv", "direct"))  # as the inference commands load it
 
 
 def _load_reference(job):

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from wfvae.inference.reconstruct import FORMATS, add_conv_argument, load_for_inference, to_uint8_frames, write_output
 from wfvae.utils.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -85,14 +86,12 @@ def encode_folder(
     """Encode every usable video below ``video_path`` into ``out``. Returns a summary dict."""
     from safetensors.torch import save
 
-    from wfvae import load_model
     from wfvae.data.datasets import VideoFolderDataset
     from wfvae.training.distributed import all_gather_object, barrier, cleanup, init_distributed
 
     env = init_distributed(device)
     try:
-        model = load_model(ckpt, config=config, device=env.device).use_channels_last_weights()
-        model.use_winograd_convolutions(conv == "winograd")
+        model = load_for_inference(ckpt, conv, config=config, device=env.device)
         sf = model.spatial_compression_ratio
         model.check_video(torch.zeros(1, 3, num_frames, sf, sf))
         out_dir = Path(out)
@@ -173,11 +172,7 @@ def decode_folder(latents: str, ckpt: str, out: str, fmt: str = "mp4", fps: floa
                   chunk_size: int | None = None, device: str = "cpu", config: str | None = None,
                   conv: str = "winograd") -> int:
     """Decode every latent of a latents folder into ``out/<source path>``; returns the count."""
-    from wfvae import load_model
-    from wfvae.inference.reconstruct import FORMATS, to_uint8_frames, write_output
-
-    model = load_model(ckpt, config=config, device=device).use_channels_last_weights()
-    model.use_winograd_convolutions(conv == "winograd")
+    model = load_for_inference(ckpt, conv, config=config, device=device)
     count = 0
     for record, z in load_latents(latents):
         if record["model_config_hash"] != config_hash(model.config):
@@ -243,8 +238,7 @@ def _encode_parser() -> argparse.ArgumentParser:
     p.add_argument("--apply_scale_shift", action="store_true", help="store (z - shift) * scale using the config's values")
     p.add_argument("--shard_size", type=int, default=64, help="videos per safetensors shard")
     p.add_argument("--chunk_size", type=int, default=None, help="encode this many frames at a time (exact)")
-    p.add_argument("--conv", choices=["winograd", "direct"], default="winograd",
-                   help="3x3 convolutions on CPU: Winograd F(2x2,3x3) or oneDNN's direct kernels")
+    add_conv_argument(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -275,8 +269,7 @@ def decode_main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", dest="fmt", choices=["mp4", "mkv", "png"], default="mp4")
     p.add_argument("--fps", type=float, default=None)
     p.add_argument("--chunk_size", type=int, default=None, help="decode this many latent frames at a time (exact)")
-    p.add_argument("--conv", choices=["winograd", "direct"], default="winograd",
-                   help="3x3 convolutions on CPU: Winograd F(2x2,3x3) or oneDNN's direct kernels")
+    add_conv_argument(p)
     p.add_argument("--device", default="cpu")
     n = decode_folder(**vars(p.parse_args(argv)))
     print(f"decoded {n} videos")

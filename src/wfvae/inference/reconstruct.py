@@ -36,6 +36,25 @@ FORMATS = {"mp4": ".mp4", "mkv": ".mkv", "png": ""}  # png: a folder of frames p
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def add_conv_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--conv`` option shared by reconstruct, encode and decode."""
+    parser.add_argument("--conv", choices=["winograd", "direct"], default="winograd",
+                        help="3x3 convolutions on CPU: Winograd F(2x2,3x3) or oneDNN's direct kernels "
+                             "(GPUs always use cuDNN)")
+
+
+def load_for_inference(ckpt: str, conv: str = "winograd", **load_kwargs):
+    """``load_model`` set up the way the inference commands run it.
+
+    Convolution weights are stored channels-last, and ``conv="winograd"`` turns on Winograd
+    3x3 convolutions (CPU only; see ``VideoAutoencoder.use_winograd_convolutions``).
+    """
+    from wfvae import load_model
+
+    model = load_model(ckpt, **load_kwargs).use_channels_last_weights()
+    return model.use_winograd_convolutions(conv == "winograd")
+
+
 @dataclass
 class ReconstructConfig:
     real_video_dir: str
@@ -104,8 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk_size", type=int, default=None)
     p.add_argument("--decode_chunk_size", type=int, default=None)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--conv", choices=["winograd", "direct"], default="winograd",
-                   help="3x3 convolutions on CPU: Winograd F(2x2,3x3) or oneDNN's direct kernels (GPUs always use cuDNN)")
+    add_conv_argument(p)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--format", choices=sorted(FORMATS), default="mp4")
     p.add_argument("--sample_fps", type=float, default=24.0)
@@ -210,14 +228,12 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
     """Reconstruct every selected video; returns a summary dict (and per-video metrics if asked)."""
     from tqdm import tqdm
 
-    from wfvae import load_model
     from wfvae.evaluation import metrics as M
     from wfvae.training.distributed import all_gather_object, barrier, cleanup, init_distributed
 
     env = init_distributed(cfg.device)
     try:
-        model = load_model(cfg.ckpt, config=cfg.config, model_name=cfg.model_name, device=env.device).use_channels_last_weights()
-        model.use_winograd_convolutions(cfg.conv == "winograd")
+        model = load_for_inference(cfg.ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=env.device)
         src = Path(cfg.real_video_dir)
         out_dir = Path(cfg.generated_video_dir)
         if src.is_file():

@@ -52,7 +52,7 @@ class FrameConv2d(nn.Conv2d):
     winograd = False  # Winograd F(2x2, 3x3) on CPU without gradients; see use_winograd_convolutions
 
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
-        if self.winograd and winograd.applies(x) and winograd.worthwhile(x, 1):
+        if self.winograd and winograd.applies(x, 1):
             weight = self.weight.unsqueeze(2)  # a 3D kernel with one time tap
             if x.dim() == 4:
                 return winograd.conv3d(x.unsqueeze(2), weight, self.bias).squeeze(2)
@@ -110,7 +110,7 @@ class CausalConv3d(nn.Module):
         return self._convolve(x)
 
     def _convolve(self, x: torch.Tensor) -> torch.Tensor:
-        if self.winograd and winograd.applies(x) and winograd.worthwhile(x, self.time_kernel):
+        if self.winograd and winograd.applies(x, self.time_kernel):
             return winograd.conv3d(x, self.conv.weight, self.conv.bias)
         return self.conv(x)
 

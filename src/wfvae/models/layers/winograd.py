@@ -39,9 +39,17 @@ def supports(conv: torch.nn.Conv2d | torch.nn.Conv3d) -> bool:
     )
 
 
-def applies(x: torch.Tensor) -> bool:
-    """Inputs handled here: CPU float32/float64 without gradients."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not torch.is_grad_enabled()
+def applies(x: torch.Tensor, kernel_t: int) -> bool:
+    """Whether a call with input ``x`` runs here: CPU float32/float64 without gradients, large enough.
+
+    Each call transforms the weights (16 values per (out, in, time tap)) and its GEMMs have one
+    row per 2x2 output tile, so small calls (WF-VAE-L's 8x8 and 16x16 levels at 64 px input)
+    ran slower than oneDNN's direct kernel; those keep it.
+    """
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.is_grad_enabled():
+        return False
+    frames = x.shape[2] - kernel_t + 1 if x.dim() == 5 else 1
+    return frames * x.shape[-2] * x.shape[-1] * x.shape[0] >= MIN_OUTPUT_PIXELS
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -62,17 +70,6 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
         for j, value in enumerate(g_times(row, 1)):
             u[:, i, j] = value
     return u.view(kt, 16, ci, co)
-
-
-def worthwhile(x: torch.Tensor, kernel_t: int) -> bool:
-    """Whether a call is large enough for Winograd to pay off.
-
-    Each call transforms the weights (16 values per (out, in, time tap)) and its GEMMs have one
-    row per 2x2 output tile, so small calls (WF-VAE-L's 8x8 and 16x16 levels at 64 px input)
-    ran slower than oneDNN's direct kernel; those keep it.
-    """
-    frames = x.shape[2] - kernel_t + 1 if x.dim() == 5 else 1
-    return frames * x.shape[-2] * x.shape[-1] * x.shape[0] >= MIN_OUTPUT_PIXELS
 
 
 def _taps(d: torch.Tensor, dim: int, n: int) -> list[torch.Tensor]:
