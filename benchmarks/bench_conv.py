@@ -51,18 +51,18 @@ def main(argv=None) -> int:
         b = torch.randn(c, generator=g)
         x_cl = x.contiguous(memory_format=torch.channels_last_3d)
         w_cl = w.contiguous(memory_format=torch.channels_last_3d)
-        runs = {
-            "ncdhw": lambda: F.conv3d(x, w, b, padding=(0, 1, 1)),
-            "channels_last": lambda: F.conv3d(x_cl, w_cl, b, padding=(0, 1, 1)),
-            "winograd": lambda: winograd.conv3d(x_cl, w_cl, b),
+        runs = {  # (function, input, weight): the same bias and padding for all three
+            "ncdhw": (lambda xi, wi, bi: F.conv3d(xi, wi, bi, padding=(0, 1, 1)), x, w),
+            "channels_last": (lambda xi, wi, bi: F.conv3d(xi, wi, bi, padding=(0, 1, 1)), x_cl, w_cl),
+            "winograd": (winograd.conv3d, x_cl, w_cl),
         }
         times = {k: [] for k in runs}
         outputs = {}
         with torch.inference_mode():
             for _ in range(args.repeats):
-                for name, run in runs.items():
+                for name, (fn, xi, wi) in runs.items():
                     start = time.perf_counter()
-                    outputs[name] = run()
+                    outputs[name] = fn(xi, wi, b)
                     times[name].append(time.perf_counter() - start)
             exact = F.conv3d(x.double(), w.double(), b.double(), padding=(0, 1, 1))
         med = {k: statistics.median(v) for k, v in times.items()}

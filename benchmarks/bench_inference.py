@@ -34,6 +34,7 @@ variants run ours only (``encode(chunk_size=--enc_chunk)``, ``decode(chunk_size=
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -175,8 +176,9 @@ def run_worker(job: dict) -> dict:
     raise RuntimeError(f"worker failed ({proc.returncode}) for {job}:\n{proc.stderr[-3000:]}")
 
 
-def prepare_weights(args) -> tuple[str, dict]:
-    """The weights folder every process loads, and the model facts the workers need."""
+def prepare_weights(args, scratch: Path) -> tuple[str, dict]:
+    """The weights folder every process loads (``--weights``, or a seeded init saved under ``scratch``), and
+    the model facts the workers need."""
     from wfvae.models import build_model, load_model
 
     if args.weights:
@@ -184,7 +186,7 @@ def prepare_weights(args) -> tuple[str, dict]:
     else:
         torch.manual_seed(0)
         model = build_model(args.config)
-        directory = str(Path(tempfile.mkdtemp(prefix="wfvae_bench_")) / "weights")
+        directory = str(scratch / "weights")
         model.save_pretrained(directory)
     facts = {"latent_channels": model.latent_channels, "temporal_compression_ratio": model.temporal_compression_ratio}
     return directory, facts
@@ -235,32 +237,31 @@ def main(argv=None) -> int:
     if args.reference_repo and not (Path(args.reference_repo) / "causalvideovae").is_dir():
         p.error(f"--reference_repo {args.reference_repo} has no causalvideovae/ package")
 
-    weights, facts = prepare_weights(args)
-    rows = []
-    header = (f"{'mode':9} {'variant':12} {'dtype':5} {'T':>4} {'px':>4} | {'ours s':>8} {'orig s':>8} {'ratio':>5} | "
-              f"{'ours MB':>8} {'orig MB':>8} {'ratio':>5} | {'ours act':>8} {'orig act':>8} {'ratio':>5} | max|diff|")
-    print(header)
-    print("-" * len(header))
-    for mode in args.modes:
-        for variant in args.variants:
-            for dtype in args.dtypes:
-                for frames in args.frames:
-                    for size in args.sizes:
-                        base = dict(facts, weights=weights, reference_repo=args.reference_repo, mode=mode, variant=variant,
-                                    dtype=dtype, frames=frames, size=size, enc_chunk=args.enc_chunk,
-                                    dec_chunk=args.dec_chunk, conv=args.conv, device=args.device, threads=args.threads,
-                                    repeats=args.repeats, warmup=args.warmup)
-                        row = dict(base, weights=None)
-                        if not args.skip_time:
-                            row["time"] = run_worker(dict(base, what="time"))
-                        if not args.skip_memory:
-                            row["memory_ours"] = run_worker(dict(base, what="ours"))
-                            if args.reference_repo:
-                                # the original has no exact chunked mode: its chunked row is its full pass,
-                                # the way a user of the original would run the same job
-                                row["memory_reference"] = run_worker(dict(base, what="reference"))
-                        rows.append(row)
-                        print(format_row(row), flush=True)
+    # the seeded weights (1.2 GB for WF-VAE-L) live in a scratch folder that is removed however the run ends
+    with tempfile.TemporaryDirectory(prefix="wfvae_bench_") as scratch:
+        weights, facts = prepare_weights(args, Path(scratch))
+        rows = []
+        header = (f"{'mode':9} {'variant':12} {'dtype':5} {'T':>4} {'px':>4} | {'ours s':>8} {'orig s':>8} {'ratio':>5} | "
+                  f"{'ours MB':>8} {'orig MB':>8} {'ratio':>5} | {'ours act':>8} {'orig act':>8} {'ratio':>5} | max|diff|")
+        print(header)
+        print("-" * len(header))
+        grid = itertools.product(args.modes, args.variants, args.dtypes, args.frames, args.sizes)
+        for mode, variant, dtype, frames, size in grid:
+            base = dict(facts, weights=weights, reference_repo=args.reference_repo, mode=mode, variant=variant,
+                        dtype=dtype, frames=frames, size=size, enc_chunk=args.enc_chunk, dec_chunk=args.dec_chunk,
+                        conv=args.conv, device=args.device, threads=args.threads, repeats=args.repeats,
+                        warmup=args.warmup)
+            row = dict(base, weights=None)
+            if not args.skip_time:
+                row["time"] = run_worker(dict(base, what="time"))
+            if not args.skip_memory:
+                row["memory_ours"] = run_worker(dict(base, what="ours"))
+                if args.reference_repo:
+                    # the original has no exact chunked mode: its chunked row is its full pass,
+                    # the way a user of the original would run the same job
+                    row["memory_reference"] = run_worker(dict(base, what="reference"))
+            rows.append(row)
+            print(format_row(row), flush=True)
     out = {"machine": machine_info(args), "config": args.config, "rows": rows}
     out["machine"]["loadavg_end"] = os.getloadavg()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -223,6 +224,13 @@ def machine_info(args) -> dict:
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="wfvae_bench_train_"))
+    try:
+        return _run(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # clips, run folder and checkpoints of this benchmark only
+
+
+def _run(args, workdir: Path) -> dict:
     trainer = build_ours(args, workdir)
     device = trainer.device
     impls = {"ours": lambda video, step: ours_step(trainer, video, step)}

@@ -1,0 +1,73 @@
+"""The benchmark scripts run end to end on a tiny model, write their JSON, and leave no scratch files behind.
+
+Timings are not checked (they are measured, not asserted); what is checked is that each script still
+runs against the current package, reports the rows it was asked for, and removes its temporary weights,
+clips and checkpoints even though they are hundreds of MB for the real model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from train_utils import TINY_WFVAE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(scratch)}  # where tempfile puts the scripts' scratch folders
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    # torch's own compile cache folder (torchinductor_<user>) is torch's, shared and reused, not ours
+    left = [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_")]
+    assert left == [], f"the benchmark left scratch files behind: {left}"
+    return proc
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> Path:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY_WFVAE))
+    return path
+
+
+def test_bench_inference_rows_and_cleanup(tmp_path, tiny_config):
+    out = tmp_path / "inference.json"
+    proc = _run("bench_inference.py", tmp_path, "--config", str(tiny_config), "--frames", "5", "9", "--sizes", "32",
+                "--variants", "full", "chunked", "--enc_chunk", "4", "--dec_chunk", "1", "--repeats", "1",
+                "--warmup", "0", "--json", str(out))
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [(r["variant"], r["frames"]) for r in rows] == [("full", 5), ("full", 9), ("chunked", 5), ("chunked", 9)]
+    for row in rows:
+        assert len(row["time"]["times_s"]["ours"]) == 1 and row["time"]["times_s"]["ours"][0] > 0
+        assert row["memory_ours"]["peak_mb"] > row["memory_ours"]["act_mb"] >= 0
+        assert "memory_reference" not in row  # no --reference_repo given
+    assert result["machine"]["threads"] == 2
+    assert proc.stdout.count("roundtrip") == 4
+
+
+def test_bench_conv_errors_are_small(tmp_path):
+    out = tmp_path / "conv.json"
+    _run("bench_conv.py", tmp_path, "--shapes", "8x3x12", "--repeats", "1", "--json", str(out))
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["channels"], row["frames"], row["size"]) == (8, 3, 12)
+    assert set(row["max_abs_err_vs_fp64"]) == {"ncdhw", "channels_last", "winograd"}
+    assert max(row["max_abs_err_vs_fp64"].values()) < 1e-4
+
+
+def test_bench_train_step_runs_and_cleans_up(tmp_path, tiny_config):
+    out = tmp_path / "train.json"
+    _run("bench_train_step.py", tmp_path, "--config", str(tiny_config), "--frames", "5", "--size", "32",
+         "--repeats", "1", "--warmup", "1", "--perceptual_weight", "0", "--json", str(out))
+    result = json.loads(out.read_text())
+    ours = result["medians_s"]["ours"]
+    assert ours["g"] > 0 and ours["d"] > 0 and ours["step"] == pytest.approx(ours["g"] + ours["d"])
