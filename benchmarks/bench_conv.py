@@ -10,7 +10,8 @@ frames (already causally padded, so T - 2 output frames) of S x S pixels, as in 
 residual blocks. For every shape the direct convolution runs on NCDHW input (what the original
 WF-VAE feeds it) and on channels-last input (what our models feed it), then Winograd; times are
 medians of interleaved runs, and each output's max-abs error is taken against a float64 direct
-convolution of the same input.
+convolution of the same input. ``--block_elements A B ...`` times Winograd with several block
+budgets (the later ones as extra columns, with their time relative to the first).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="CxTxS entries")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--block_elements", type=int, nargs="+", default=[winograd.BLOCK_ELEMENTS],
+                   help="Winograd block budgets to compare (values of transformed input per block); "
+                        f"the first is the reported one (default {winograd.BLOCK_ELEMENTS})")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=str(ROOT / "benchmarks/results/conv_layers.json"))
     args = p.parse_args(argv)
@@ -54,8 +58,10 @@ def main(argv=None) -> int:
         runs = {  # (function, input, weight): the same bias and padding for all three
             "ncdhw": (lambda xi, wi, bi: F.conv3d(xi, wi, bi, padding=(0, 1, 1)), x, w),
             "channels_last": (lambda xi, wi, bi: F.conv3d(xi, wi, bi, padding=(0, 1, 1)), x_cl, w_cl),
-            "winograd": (winograd.conv3d, x_cl, w_cl),
         }
+        for i, blk in enumerate(args.block_elements):
+            name = "winograd" if i == 0 else f"winograd@{blk}"
+            runs[name] = (lambda xi, wi, bi, blk=blk: winograd.conv3d(xi, wi, bi, block_elements=blk), x_cl, w_cl)
         times = {k: [] for k in runs}
         outputs = {}
         with torch.inference_mode():
@@ -71,9 +77,11 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{spec:>12} | {med['ncdhw']:8.3f} {med['channels_last']:9.3f} {med['winograd']:7.3f} | "
               f"{med['winograd'] / med['ncdhw']:10.2f} {med['winograd'] / med['channels_last']:12.2f} | "
-              f"{max(err['ncdhw'], err['channels_last']):10.1e} {err['winograd']:9.1e}", flush=True)
+              f"{max(err['ncdhw'], err['channels_last']):10.1e} {err['winograd']:9.1e}"
+              + "".join(f" | {k}: {med[k]:.3f} s ({med[k] / med['winograd']:.2f}x)" for k in med if "@" in k), flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"threads": args.threads, "torch": torch.__version__, "rows": rows}, indent=1))
+    Path(args.json).write_text(json.dumps({"threads": args.threads, "torch": torch.__version__,
+                                           "block_elements": args.block_elements, "rows": rows}, indent=1))
     print(f"wrote {args.json}")
     return 0
 

@@ -126,7 +126,8 @@ def worker(job: dict) -> dict:
     models = {}
     if what in ("time", "ours"):
         models["ours"] = _load_ours(job)
-    if what == "reference" or (what == "time" and job["reference_repo"] and job["variant"] == "full"):
+    # the original has no exact chunked mode: against our chunked rows it runs its full pass (memory, too)
+    if what == "reference" or (what == "time" and job["reference_repo"]):
         models["reference"] = _load_reference(job)
     video, latents = _inputs(job, device, dtype)
     for m in models.values():

@@ -21,7 +21,9 @@ CONFIGS = Path(__file__).parents[1] / "examples" / "configs"
         (1, 6, 4, 3, 5, 4, 1, winograd.BLOCK_ELEMENTS),  # one time tap (per-frame 3x3 conv)
         (1, 3, 4, 2, 1, 1, 1, winograd.BLOCK_ELEMENTS),  # 1x1 frames
         (2, 5, 6, 9, 8, 6, 3, 1),  # one output frame per block
-        (1, 4, 3, 8, 6, 10, 2, 16 * 4 * 3 * 15 * 4),  # blocks of several frames, last one shorter
+        (1, 4, 3, 8, 6, 10, 2, 16 * 4 * 3 * 15 * 4),  # one tile row per block, several frames, last shorter
+        (1, 4, 5, 4, 9, 7, 3, 16 * 4 * 4 * 8),  # all frames, 2 of 5 tile rows per block: 2, 2, then 1 cropped
+        (2, 3, 2, 3, 7, 8, 1, 16 * 4 * 3 * 9),  # 3 tile rows per block, odd height, batch of two
     ],
 )
 def test_matches_direct_convolution_in_float64(batch, channels, out_channels, frames, height, width, kernel_t,
@@ -36,6 +38,17 @@ def test_matches_direct_convolution_in_float64(batch, channels, out_channels, fr
     assert got.shape == expected.shape
     assert got.is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+
+
+def test_block_plan_bounds_the_transformed_input():
+    # (t_out, kernel_t, nh, nw, channels, budget) -> frames, tile rows; budget in values of the transformed input
+    assert winograd.plan_blocks(2, 3, 64, 64, 128, 2**22) == (2, 8)  # 4 input frames x 8 rows x 64 x 128 x 16
+    assert winograd.plan_blocks(33, 3, 64, 64, 128, 2**22) == (30, 1)  # long clip: frames split, 1 row
+    assert winograd.plan_blocks(1, 1, 4, 4, 8, 2**30) == (1, 4)  # everything in one block
+    assert winograd.plan_blocks(5, 3, 64, 64, 512, 1) == (1, 1)  # never less than 1 frame and 1 row
+    for t_out, kt, nh, nw, c in ((2, 3, 64, 64, 128), (33, 3, 64, 64, 128), (9, 1, 32, 32, 512)):
+        frames, rows = winograd.plan_blocks(t_out, kt, nh, nw, c, 2**22)
+        assert 16 * (frames + kt - 1) * rows * nw * c <= 2**22
 
 
 def test_float32_error_is_within_the_direct_kernels_own():

@@ -11,7 +11,8 @@ multiply-adds than the direct convolution. A time kernel of ``kt`` taps (the cau
 
 The transforms only add, subtract and halve, so the result differs from the direct convolution
 by float rounding alone (a few 1e-6 relative in float32, ~1e-15 in float64). The transformed input
-is 4x the size of the input it comes from; frames are processed in blocks to bound that buffer.
+is 4x the size of the input it comes from; the output is computed in blocks of frames and tile rows to
+bound that buffer and the GEMM products.
 
 Used by :class:`~wfvae.models.layers.conv.CausalConv3d` and
 :class:`~wfvae.models.layers.conv.FrameConv2d` when the model's Winograd mode is on (see
@@ -24,8 +25,11 @@ import torch
 
 # Winograd only pays when a call has at least this many output pixels (frames x H x W x batch)
 MIN_OUTPUT_PIXELS = 8192
-# elements of one block's transformed input (16 x frames x tiles x C_in); 2**25 floats = 128 MiB
-BLOCK_ELEMENTS = 2**25
+# values of one block's transformed input (16 x frames x tiles x C_in); 2**23 floats = 32 MiB. Measured
+# with bench_conv on WF-VAE-L's layer shapes: 0.86-0.98x the time of 2**25-value blocks and far
+# less transient memory (2**25 added about 0.7 GB to a 9 x 256 x 256 round trip); 2**20 was 1.6-2.5x
+# slower (small GEMMs).
+BLOCK_ELEMENTS = 2**23
 
 
 def supports(conv: torch.nn.Conv2d | torch.nn.Conv3d) -> bool:
@@ -42,7 +46,7 @@ def supports(conv: torch.nn.Conv2d | torch.nn.Conv3d) -> bool:
 def applies(x: torch.Tensor, kernel_t: int) -> bool:
     """Whether a call with input ``x`` runs here: CPU float32/float64 without gradients, large enough.
 
-    Each call transforms the weights (16 values per (out, in, time tap)) and its GEMMs have one
+    Each block transforms the weights (16 values per (out, in, time tap)) and its GEMMs have one
     row per 2x2 output tile, so small calls (WF-VAE-L's 8x8 and 16x16 levels at 64 px input)
     ran slower than oneDNN's direct kernel; those keep it.
     """
@@ -53,23 +57,23 @@ def applies(x: torch.Tensor, kernel_t: int) -> bool:
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``U = G g Gt`` for every (out, in, time tap): (Co, Ci, kt, 3, 3) -> (kt, 16, Ci, Co).
+    """``U = G g Gt`` of one time tap for every (out, in) pair: (Co, Ci, 3, 3) -> (16, Ci, Co).
 
     ``G`` has rows (1, 0, 0), (1/2, 1/2, 1/2), (1/2, -1/2, 1/2), (0, 0, 1), applied to the kernel's
     rows and then to its columns.
     """
-    co, ci, kt = weight.shape[:3]
-    w = weight.permute(2, 3, 4, 1, 0)  # (kt, 3, 3, Ci, Co) view
+    co, ci = weight.shape[:2]
+    w = weight.permute(2, 3, 1, 0)  # (3, 3, Ci, Co) view
 
-    def g_times(k: torch.Tensor, dim: int) -> list[torch.Tensor]:
-        k0, k1, k2 = k.unbind(dim)
+    def g_times(k: torch.Tensor) -> list[torch.Tensor]:
+        k0, k1, k2 = k.unbind(0)
         return [k0, (k0 + k1 + k2) * 0.5, (k0 - k1 + k2) * 0.5, k2]
 
-    u = weight.new_empty((kt, 4, 4, ci, co))
-    for i, row in enumerate(g_times(w, 1)):  # row: (kt, 3, Ci, Co)
-        for j, value in enumerate(g_times(row, 1)):
-            u[:, i, j] = value
-    return u.view(kt, 16, ci, co)
+    u = weight.new_empty((4, 4, ci, co))
+    for i, row in enumerate(g_times(w)):  # row: (3, Ci, Co)
+        for j, value in enumerate(g_times(row)):
+            u[i, j] = value
+    return u.view(16, ci, co)
 
 
 def _taps(d: torch.Tensor, dim: int, n: int) -> list[torch.Tensor]:
@@ -77,67 +81,100 @@ def _taps(d: torch.Tensor, dim: int, n: int) -> list[torch.Tensor]:
     return [d.narrow(dim, a, 2 * n - 1)[(slice(None),) * dim + (slice(None, None, 2),)] for a in range(4)]
 
 
+def plan_blocks(t_out: int, kernel_t: int, nh: int, nw: int, channels: int,
+                block_elements: int = BLOCK_ELEMENTS) -> tuple[int, int]:
+    """``(output frames, tile rows)`` per block, so that a block's transformed input
+    (16 x input frames x tile rows x ``nw`` x ``channels`` values) stays within ``block_elements``.
+
+    All frames with as many tile rows as fit, or (long clips) one tile row with as many frames as fit;
+    at least one output frame and one tile row. Splitting frames re-transforms ``kernel_t - 1`` frames
+    per block; splitting rows costs nothing but smaller GEMMs, so rows are split first.
+    """
+    t_in = t_out + kernel_t - 1
+    budget = max(1, block_elements // (16 * nw * channels))  # input frames x tile rows
+    if budget >= t_in:
+        return t_out, min(nh, budget // t_in)
+    return max(1, budget - (kernel_t - 1)), 1
+
+
 def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
            block_elements: int = BLOCK_ELEMENTS) -> torch.Tensor:
     """Convolve ``x`` (B, C, T, H, W) with ``weight`` (Co, C, kt, 3, 3): no time padding, 1 px in space.
 
-    Returns (B, Co, T - kt + 1, H, W), channels-last 3D. Output frames are computed in blocks
-    whose transformed input holds at most about ``block_elements`` values (at least one frame).
+    Returns (B, Co, T - kt + 1, H, W), channels-last 3D. The output is computed in blocks of frames and
+    rows of 2x2 tiles (:func:`plan_blocks`), so the buffers of one block (its transformed input and
+    its 16 GEMM products) stay near ``block_elements`` values each whatever the frame size.
     """
     b, c, t, h, w = x.shape
     co, kt = weight.shape[0], weight.shape[2]
     t_out = t - kt + 1
     nh, nw = (h + 1) // 2, (w + 1) // 2
-    u = transform_weight(weight)
     out = torch.empty((b, co, t_out, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
     out_l = out.permute(0, 2, 3, 4, 1)  # (B, T, H, W, Co) view, contiguous
     x_l = x.permute(0, 2, 3, 4, 1)  # (B, T, H, W, C)
-    frames_per_block = max(1, block_elements // (16 * nh * nw * c) - (kt - 1))
+    frames_per_block, rows_per_block = plan_blocks(t_out, kt, nh, nw, c, block_elements)
+    one_block = b == 1 and frames_per_block >= t_out and rows_per_block >= nh
+    # Several blocks share the transformed weights of all taps (16/9 of the weight's size); a single
+    # block transforms one tap at a time, which keeps the transient small for the widest layers.
+    taps = None if one_block else [transform_weight(weight[:, :, dt]) for dt in range(kt)]
     for i in range(b):
         for t0 in range(0, t_out, frames_per_block):
             tb = min(frames_per_block, t_out - t0)
-            v = _input_transform(x_l[i, t0 : t0 + tb + kt - 1], nh, nw)  # (16, tb+kt-1, nh*nw, C)
-            m = x.new_empty((16, tb * nh * nw, co))
-            for k in range(16):
-                torch.mm(v[k, 0:tb].reshape(tb * nh * nw, c), u[0, k], out=m[k])
-                for dt in range(1, kt):
-                    m[k].addmm_(v[k, dt : dt + tb].reshape(tb * nh * nw, c), u[dt, k])
-            del v
-            _output_transform(m.view(4, 4, tb, nh, nw, co), out_l[i, t0 : t0 + tb], h, w)
+            for r0 in range(0, nh, rows_per_block):
+                rb = min(rows_per_block, nh - r0)
+                v = _input_transform(x_l[i, t0 : t0 + tb + kt - 1], r0, rb, nw)  # (16, tb+kt-1, rb*nw, C)
+                m = x.new_empty((16, tb * rb * nw, co))
+                for dt in range(kt):
+                    u = taps[dt] if taps is not None else transform_weight(weight[:, :, dt])
+                    for k in range(16):
+                        rows_k = v[k, dt : dt + tb].reshape(tb * rb * nw, c)
+                        if dt == 0:
+                            torch.mm(rows_k, u[k], out=m[k])
+                        else:
+                            m[k].addmm_(rows_k, u[k])
+                del v, u
+                _output_transform(m.view(4, 4, tb, rb, nw, co), out_l[i, t0 : t0 + tb], 2 * r0)
     if bias is not None:
         out_l.add_(bias)
     return out
 
 
-def _input_transform(frames: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
-    """(T, H, W, C) -> ``Bt d B`` of every 4x4 tile (stride 2), laid out (16, T, nh*nw, C)."""
+def _input_transform(frames: torch.Tensor, r0: int, rb: int, nw: int) -> torch.Tensor:
+    """(T, H, W, C) -> ``Bt d B`` of tile rows ``r0 .. r0+rb-1`` (4x4 tiles, stride 2, 1 px of zero
+    padding around the frame), laid out (16, T, rb*nw, C)."""
     t, h, w, c = frames.shape
-    padded = frames.new_zeros((t, 2 * nh + 2, 2 * nw + 2, c))
-    padded[:, 1 : h + 1, 1 : w + 1] = frames
-    d0, d1, d2, d3 = _taps(padded, 1, nh)  # (T, nh, W+2, C) each
+    # tile row r reads frame rows 2r-1 .. 2r+2; rows outside the frame are the zero padding
+    first, last = 2 * r0 - 1, 2 * (r0 + rb)  # inclusive
+    lo, hi = max(first, 0), min(last + 1, h)
+    padded = frames.new_zeros((t, 2 * rb + 2, 2 * nw + 2, c))
+    padded[:, lo - first : hi - first, 1 : w + 1] = frames[:, lo:hi]
+    d0, d1, d2, d3 = _taps(padded, 1, rb)  # (T, rb, 2nw+2, C) each
     rows = (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
     del padded, d0, d1, d2, d3
-    v = frames.new_empty((16, t, nh, nw, c))
+    v = frames.new_empty((16, t, rb, nw, c))
     for i, r in enumerate(rows):
-        e0, e1, e2, e3 = _taps(r, 2, nw)  # (T, nh, nw, C) each
+        e0, e1, e2, e3 = _taps(r, 2, nw)  # (T, rb, nw, C) each
         torch.sub(e0, e2, out=v[4 * i + 0])
         torch.add(e1, e2, out=v[4 * i + 1])
         torch.sub(e2, e1, out=v[4 * i + 2])
         torch.sub(e1, e3, out=v[4 * i + 3])
-    return v.view(16, t, nh * nw, c)
+    return v.view(16, t, rb * nw, c)
 
 
-def _output_transform(m: torch.Tensor, out: torch.Tensor, h: int, w: int) -> None:
-    """``At M A`` of (4, 4, T, nh, nw, Co) products into ``out`` (T, H, W, Co), cropping odd edges."""
-    t, nh, nw, co = m.shape[2:]
-    s0 = m[0] + m[1] + m[2]  # (4, T, nh, nw, Co): rows of At M
+def _output_transform(m: torch.Tensor, out: torch.Tensor, row0: int) -> None:
+    """``At M A`` of (4, 4, T, rb, nw, Co) products into rows ``row0 ..`` of ``out`` (T, H, W, Co),
+    cropping what falls outside the frame (odd height or width)."""
+    t, rb, nw, co = m.shape[2:]
+    h, w = out.shape[1:3]
+    s0 = m[0] + m[1] + m[2]  # (4, T, rb, nw, Co): rows of At M
     s1 = m[1] - m[2] - m[3]
-    if h % 2 == 0 and w % 2 == 0:
-        target = out
+    rows = min(2 * rb, h - row0)
+    if rows == 2 * rb and w == 2 * nw:
+        target = out[:, row0 : row0 + rows]
     else:
-        target = out.new_empty((t, 2 * nh, 2 * nw, co))
+        target = out.new_empty((t, 2 * rb, 2 * nw, co))
     for a, s in enumerate((s0, s1)):
         torch.add(s[0] + s[1], s[2], out=target[:, a::2, 0::2])
         torch.sub(s[1] - s[2], s[3], out=target[:, a::2, 1::2])
-    if target is not out:
-        out.copy_(target[:, :h, :w])
+    if target.shape[1:3] != (rows, w):
+        out[:, row0 : row0 + rows].copy_(target[:, :rows, :w])
