@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import winograd
-from .stream import StreamState, causal_time_window, padded_layout
+from .stream import StreamState, causal_time_window
 
 
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -94,17 +94,13 @@ class CausalConv3d(nn.Module):
     def forward(self, x: torch.Tensor, stream: StreamState | None = None, apply_silu: bool = False) -> torch.Tensor:
         """Convolve ``x`` (B, C, T, H, W) causally; with ``apply_silu`` convolve ``silu(x)``.
 
-        Without gradients, on a whole clip, ``apply_silu`` writes SiLU straight into the causally
-        padded buffer, so neither the activation nor the padding costs a whole-tensor copy.
+        Without gradients ``apply_silu`` writes SiLU straight into the causally padded window (whole
+        clip or stream chunk), so neither the activation nor the padding costs a separate copy.
         """
-        if apply_silu and stream is None and self.time_kernel > 1 and not torch.is_grad_enabled():
-            x = silu_causal_padded(x, self.time_kernel - 1)
-            if x.shape[2] < self.time_kernel:
-                return self._no_frames(x)
-            return self._convolve(x)
-        if apply_silu:
-            x = F.silu(x)
-        x = self.pad(x, stream)
+        if apply_silu and not torch.is_grad_enabled():
+            x = causal_time_window(x, stream, self, self.time_kernel, self.time_stride, silu=True)
+        else:
+            x = self.pad(F.silu(x) if apply_silu else x, stream)
         if x.shape[2] < self.time_kernel:
             return self._no_frames(x)
         return self._convolve(x)
@@ -120,18 +116,3 @@ class CausalConv3d(nn.Module):
         h_out = (h + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
         w_out = (w + 2 * conv.padding[2] - conv.kernel_size[2]) // conv.stride[2] + 1
         return x.new_empty(b, conv.out_channels, 0, h_out, w_out)
-
-
-def silu_causal_padded(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """``silu(x)`` with ``pad`` copies of its first frame in front, built in one buffer.
-
-    Equal to ``causal_time_window(F.silu(x), None, ...)``; the buffer is laid out by ``padded_layout``.
-    Not differentiable (``out=``): callers use it only when gradients are off.
-    """
-    b, c, t, h, w = x.shape
-    if t == 0:
-        return x
-    out = torch.empty((b, c, t + pad, h, w), dtype=x.dtype, device=x.device, memory_format=padded_layout(x))
-    torch.ops.aten.silu.out(x, out=out[:, :, pad:])
-    out[:, :, :pad] = out[:, :, pad : pad + 1]
-    return out

@@ -64,7 +64,7 @@ class StopChunk(Exception):
 
 
 def causal_time_window(
-    x: torch.Tensor, stream: StreamState | None, key: Any, kernel: int, stride: int
+    x: torch.Tensor, stream: StreamState | None, key: Any, kernel: int, stride: int, silu: bool = False
 ) -> torch.Tensor:
     """Prepend the causal context for a temporal window of ``kernel`` frames moved by ``stride``.
 
@@ -75,27 +75,38 @@ def causal_time_window(
 
     Args:
         x: (B, C, T, H, W) new frames.
+        silu: return the window of ``silu(x)`` instead, computed straight into the new buffer
+            (no separate activation tensor; not differentiable, so only without gradients).
     Returns:
         (B, C, T', H, W) with ``(T' - kernel) % stride == 0`` when ``T' >= kernel``; ``T'`` may be
         smaller than ``kernel`` (no complete window yet) in streaming mode.
     """
-    if stream is None:
-        if kernel > 1:
-            x = _pad_front(x, kernel - 1)
+    carried = stream.get(key) if stream is not None else None
+    if x.shape[2] == 0 and carried is None:
         return x
-    carried = stream.get(key)
-    if carried is None:
-        if x.shape[2] == 0:
-            return x
-        carried = x[:, :, :1].expand(-1, -1, kernel - 1, -1, -1)
-    x = torch.cat([carried, x], dim=2) if carried.shape[2] else x
-    length = x.shape[2]
+    pad = carried.shape[2] if carried is not None else kernel - 1
+    if pad == 0 and not silu:
+        window = x
+    else:
+        b, c, t, h, w = x.shape
+        window = torch.empty((b, c, pad + t, h, w), dtype=x.dtype, device=x.device, memory_format=padded_layout(x))
+        if silu:
+            torch.ops.aten.silu.out(x, out=window[:, :, pad:])
+        else:
+            window[:, :, pad:] = x
+        if carried is not None:
+            window[:, :, :pad] = carried
+        elif pad:
+            window[:, :, :pad] = window[:, :, pad : pad + 1]  # the first frame, repeated
+    if stream is None:
+        return window
+    length = window.shape[2]
     num_windows = (length - kernel) // stride + 1 if length >= kernel else 0
     # clone: a view would keep the whole chunk alive and memory would grow with video length
-    stream.set(key, x[:, :, num_windows * stride :].clone())
+    stream.set(key, window[:, :, num_windows * stride :].clone())
     if num_windows == 0:
-        return x[:, :, :0]
-    return x[:, :, : (num_windows - 1) * stride + kernel]
+        return window[:, :, :0]
+    return window[:, :, : (num_windows - 1) * stride + kernel]
 
 
 def padded_layout(x: torch.Tensor) -> torch.memory_format:
@@ -105,15 +116,6 @@ def padded_layout(x: torch.Tensor) -> torch.memory_format:
     lets the convolution that reads it run without a layout reorder.
     """
     return torch.channels_last_3d if x.shape[1] > 1 else torch.contiguous_format
-
-
-def _pad_front(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """``pad`` copies of the first frame, then ``x``, written into one new tensor."""
-    b, c, t, h, w = x.shape
-    out = torch.empty((b, c, t + pad, h, w), dtype=x.dtype, device=x.device, memory_format=padded_layout(x))
-    out[:, :, pad:] = x
-    out[:, :, :pad] = x[:, :, :1]
-    return out
 
 
 def align(

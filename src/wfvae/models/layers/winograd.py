@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import torch
 
-# Winograd only pays when a call has at least this many output pixels (frames x H x W x batch)
-MIN_OUTPUT_PIXELS = 8192
+# Winograd only pays when a call has at least this many output pixels (frames x H x W x batch): on
+# WF-VAE-L's shapes (192-768 channels, 1 or 3 time taps) 1024 pixels ran at 0.65-0.86x oneDNN's
+# direct kernel, 512 pixels at 1.15x (GEMMs of 128 rows).
+MIN_OUTPUT_PIXELS = 1024
 # values of one block's transformed input (16 x frames x tiles x C_in); 2**23 floats = 32 MiB. Measured
 # with bench_conv on WF-VAE-L's layer shapes: 0.86-0.98x the time of 2**25-value blocks and far
 # less transient memory (2**25 added about 0.7 GB to a 9 x 256 x 256 round trip); 2**20 was 1.6-2.5x
@@ -46,9 +48,9 @@ def supports(conv: torch.nn.Conv2d | torch.nn.Conv3d) -> bool:
 def applies(x: torch.Tensor, kernel_t: int) -> bool:
     """Whether a call with input ``x`` runs here: CPU float32/float64 without gradients, large enough.
 
-    Each block transforms the weights (16 values per (out, in, time tap)) and its GEMMs have one
-    row per 2x2 output tile, so small calls (WF-VAE-L's 8x8 and 16x16 levels at 64 px input)
-    ran slower than oneDNN's direct kernel; those keep it.
+    Each call transforms the weights (16 values per (out, in, time tap)) and its GEMMs have one
+    row per 2x2 output tile, so small calls (a few frames of 8x8 or 16x16 pixels) run slower than
+    oneDNN's direct kernel; those keep it.
     """
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.is_grad_enabled():
         return False
@@ -57,23 +59,24 @@ def applies(x: torch.Tensor, kernel_t: int) -> bool:
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``U = G g Gt`` of one time tap for every (out, in) pair: (Co, Ci, 3, 3) -> (16, Ci, Co).
+    """``U = G g Gt`` of one time tap for every (out, in) pair: (Co, Ci, 3, 3) -> (16, Co, Ci).
 
     ``G`` has rows (1, 0, 0), (1/2, 1/2, 1/2), (1/2, -1/2, 1/2), (0, 0, 1), applied to the kernel's
-    rows and then to its columns.
+    rows and then to its columns. ``U`` keeps the weight's (Co, Ci) order, so with channels-last
+    weights (Ci fastest) nothing is transposed here; the GEMMs read ``U[k]`` transposed instead.
     """
     co, ci = weight.shape[:2]
-    w = weight.permute(2, 3, 1, 0)  # (3, 3, Ci, Co) view
+    w = weight.permute(2, 3, 0, 1)  # (3, 3, Co, Ci) view
 
     def g_times(k: torch.Tensor) -> list[torch.Tensor]:
         k0, k1, k2 = k.unbind(0)
         return [k0, (k0 + k1 + k2) * 0.5, (k0 - k1 + k2) * 0.5, k2]
 
-    u = weight.new_empty((4, 4, ci, co))
-    for i, row in enumerate(g_times(w)):  # row: (3, Ci, Co)
+    u = weight.new_empty((4, 4, co, ci))
+    for i, row in enumerate(g_times(w)):  # row: (3, Co, Ci)
         for j, value in enumerate(g_times(row)):
             u[i, j] = value
-    return u.view(16, ci, co)
+    return u.view(16, co, ci)
 
 
 def _taps(d: torch.Tensor, dim: int, n: int) -> list[torch.Tensor]:
@@ -129,9 +132,9 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     for k in range(16):
                         rows_k = v[k, dt : dt + tb].reshape(tb * rb * nw, c)
                         if dt == 0:
-                            torch.mm(rows_k, u[k], out=m[k])
+                            torch.mm(rows_k, u[k].t(), out=m[k])
                         else:
-                            m[k].addmm_(rows_k, u[k])
+                            m[k].addmm_(rows_k, u[k].t())
                 del v, u
                 _output_transform(m.view(4, 4, tb, rb, nw, co), out_l[i, t0 : t0 + tb], 2 * r0)
     if bias is not None:
