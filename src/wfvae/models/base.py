@@ -99,12 +99,13 @@ class VideoAutoencoder(nn.Module):
 
         Every stride-1 convolution with a 3x3 spatial kernel (the causal 3x3x3 convs and the
         per-frame 3x3 convs, which are most of the model's work) then needs 2.25x fewer
-        multiply-adds; on a 2-core CPU these layers run in 0.54-0.73x of the time of oneDNN's
+        multiply-adds; on a 2-core CPU these layers run in 0.51-0.69x of the time of oneDNN's
         direct kernels (``benchmarks/RESULTS.md``). It applies only to CPU float32/float64
         inputs without gradients; training and GPUs use the regular kernels. The result differs
         from the direct convolution by float rounding alone: against a float64 reference the
-        Winograd float32 layer error was 8x smaller than the direct kernel's. It needs a
-        transform buffer of up to ~128 MiB per convolution call.
+        Winograd float32 layer error was 8x smaller than the direct kernel's. Each call works in
+        blocks of frames and tile rows (about 32 MiB of transformed input each), so it adds no
+        measurable peak memory over the direct kernels.
         """
         for module in self.modules():
             if isinstance(module, CausalConv3d):
