@@ -172,12 +172,10 @@ def _output_transform(m: torch.Tensor, out: torch.Tensor, row0: int) -> None:
     s0 = m[0] + m[1] + m[2]  # (4, T, rb, nw, Co): rows of At M
     s1 = m[1] - m[2] - m[3]
     rows = min(2 * rb, h - row0)
-    if rows == 2 * rb and w == 2 * nw:
-        target = out[:, row0 : row0 + rows]
-    else:
-        target = out.new_empty((t, 2 * rb, 2 * nw, co))
+    cropped = rows < 2 * rb or w < 2 * nw  # the last tile row or column reaches past the frame
+    target = out.new_empty((t, 2 * rb, 2 * nw, co)) if cropped else out[:, row0 : row0 + rows]
     for a, s in enumerate((s0, s1)):
         torch.add(s[0] + s[1], s[2], out=target[:, a::2, 0::2])
         torch.sub(s[1] - s[2], s[3], out=target[:, a::2, 1::2])
-    if target.shape[1:3] != (rows, w):
+    if cropped:
         out[:, row0 : row0 + rows].copy_(target[:, :rows, :w])
