@@ -90,3 +90,61 @@ def test_latent_stats_match_direct_computation_and_scale_shift(setup, tmp_path, 
 def test_latent_stats_on_empty_folder_is_clear(tmp_path):
     with pytest.raises(ValueError, match="no latents"):
         latent_stats(tmp_path)
+
+
+def _tamper_index(lat: Path, **fields) -> None:
+    """Rewrite the first record of every index file of ``lat`` with ``fields``."""
+    for part in [lat / "index.json", *lat.glob("index-r*.json")]:
+        records = json.loads(part.read_text())
+        records[0].update(fields)
+        part.write_text(json.dumps(records))
+
+
+@pytest.mark.parametrize("source", ["../escaped.mp4", "/ABS/escaped.mp4", "a/../../escaped.mp4", "..\\escaped.mp4"])
+def test_decode_never_writes_outside_out(setup, tmp_path, capsys, source):
+    base, model_dir, videos = setup
+    lat = tmp_path / "lat"
+    assert _encode(setup, lat) == 0
+    victim_dir = tmp_path / "victim"
+    victim_dir.mkdir()
+    source = source.replace("/ABS", str(victim_dir))
+    _tamper_index(lat, source=source)
+    out = tmp_path / "work" / "out"
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    assert cli(["decode", "--latents", str(lat), "--ckpt", str(model_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "outside --out" in err and repr(source) in err and "Traceback" not in err
+    # nothing was written anywhere: not the escaped file, not even the other records
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_decode_refuses_symlink_inside_out_and_shard_paths(setup, tmp_path, capsys):
+    base, model_dir, videos = setup
+    lat = tmp_path / "lat"
+    assert _encode(setup, lat) == 0
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a").symlink_to(outside, target_is_directory=True)  # a/c0.mp4 would land in outside/
+    capsys.readouterr()
+    assert cli(["decode", "--latents", str(lat), "--ckpt", str(model_dir), "--out", str(out)]) == 2
+    assert "through a symlink" in capsys.readouterr().err
+    assert list(outside.iterdir()) == []
+    # a shard name that points elsewhere is refused the same way (it is read, never followed)
+    (out / "a").unlink()
+    _tamper_index(lat, shard="../../etc/passwd")
+    assert cli(["decode", "--latents", str(lat), "--ckpt", str(model_dir), "--out", str(out)]) == 2
+    assert "'..'" in capsys.readouterr().err
+
+
+def test_safe_join_accepts_nested_names_and_refuses_escapes(tmp_path):
+    from wfvae.errors import UnsafePathError
+    from wfvae.utils.paths import safe_join
+
+    assert safe_join(tmp_path, "a/b/c.mp4") == tmp_path / "a" / "b" / "c.mp4"
+    assert safe_join(tmp_path, "./x.mp4") == tmp_path / "x.mp4"
+    for bad in ["", "..", "a/../../b", "/etc/passwd", "C:\\x.mp4", "\\\\server\\share\\x", "a\x00b", "."]:
+        with pytest.raises(UnsafePathError):
+            safe_join(tmp_path, bad)

@@ -20,3 +20,7 @@ class VideoDecodeError(RuntimeError):
 
 class MissingWeightsError(FileNotFoundError):
     """Pretrained weights (LPIPS backbone, I3D, ...) were asked for but are not on disk."""
+
+
+class UnsafePathError(ValueError):
+    """A path taken from data (an index record, a dataset file name) would leave its output folder."""

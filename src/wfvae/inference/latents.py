@@ -34,7 +34,9 @@ from pathlib import Path
 import torch
 
 from wfvae.inference.reconstruct import FORMATS, add_conv_argument, load_for_inference, to_uint8_frames, write_output
+from wfvae.errors import UnsafePathError
 from wfvae.utils.io import atomic_write_bytes
+from wfvae.utils.paths import check_relative, safe_join
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +165,7 @@ def load_latents(latents_dir: str | Path, which: str = "mean"):
 
     latents_dir = Path(latents_dir)
     for record in read_index(latents_dir):
-        with safe_open(str(latents_dir / record["shard"]), framework="pt") as f:
+        with safe_open(str(safe_join(latents_dir, record["shard"], "shard")), framework="pt") as f:
             yield record, f.get_tensor(f"{record['key']}.{which}")
 
 
@@ -171,7 +173,13 @@ def load_latents(latents_dir: str | Path, which: str = "mean"):
 def decode_folder(latents: str, ckpt: str, out: str, fmt: str = "mp4", fps: float | None = None,
                   chunk_size: int | None = None, device: str = "cpu", config: str | None = None,
                   conv: str = "winograd") -> int:
-    """Decode every latent of a latents folder into ``out/<source path>``; returns the count."""
+    """Decode every latent of a latents folder into ``out/<source path>``; returns the count.
+
+    Output names come from the index's ``source`` fields, which are data, not trusted: every record
+    is checked before anything is loaded or written, and one that would land outside ``out``
+    (absolute, ``..``, a symlink inside ``out``) stops the command with UnsafePathError.
+    """
+    targets = _decode_targets(Path(latents), Path(out), fmt)
     model = load_for_inference(ckpt, conv, config=config, device=device)
     count = 0
     for record, z in load_latents(latents):
@@ -183,11 +191,28 @@ def decode_folder(latents: str, ckpt: str, out: str, fmt: str = "mp4", fps: floa
             z = z / scale + shift
         with torch.inference_mode():
             video = model.decode(z, chunk_size=chunk_size).float().clamp(-1, 1)
-        stem = Path(record["source"]).with_suffix("")
-        path = Path(out) / f"{stem}{FORMATS[fmt]}"
+        path = targets[record["key"]]
         write_output(path, to_uint8_frames(video[0]), fmt, fps or record["fps"] or 24.0, is_image=False)
         count += 1
     return count
+
+
+def _decode_targets(latents_dir: Path, out_dir: Path, fmt: str) -> dict[str, Path]:
+    """Output path of every record (by key), after checking all of them; lists every bad record."""
+    problems, targets = [], {}
+    for record in read_index(latents_dir):
+        try:
+            check_relative(record["shard"], "shard")
+            stem = check_relative(record["source"], "source").with_suffix("")
+            targets[record["key"]] = safe_join(out_dir, f"{stem}{FORMATS[fmt]}", "source")
+        except UnsafePathError as e:
+            problems.append(f"  record {record.get('key')!r}: {e}")
+    if problems:
+        raise UnsafePathError(
+            f"{latents_dir / 'index.json'} has records that would be written outside --out {out_dir}; "
+            "nothing was decoded. Re-create the index with `wfvae encode`, or fix these records:\n"
+            + "\n".join(problems))
+    return targets
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -271,7 +296,11 @@ def decode_main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk_size", type=int, default=None, help="decode this many latent frames at a time (exact)")
     add_conv_argument(p)
     p.add_argument("--device", default="cpu")
-    n = decode_folder(**vars(p.parse_args(argv)))
+    try:
+        n = decode_folder(**vars(p.parse_args(argv)))
+    except UnsafePathError as e:
+        print(f"wfvae decode: {e}", file=sys.stderr)
+        return 2
     print(f"decoded {n} videos")
     return 0
 

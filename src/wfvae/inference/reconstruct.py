@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wfvae.utils.paths import check_relative, safe_join
+
 logger = logging.getLogger(__name__)
 
 FORMATS = {"mp4": ".mp4", "mkv": ".mkv", "png": ""}  # png: a folder of frames per video
@@ -180,11 +182,9 @@ class _SingleFile:
 
 
 def _output_paths(out_dir: Path, rel: str, fmt: str, is_image: bool) -> tuple[Path, Path]:
-    stem = Path(rel).with_suffix("")
-    if is_image:
-        return out_dir / stem.with_suffix(".png"), out_dir / "origin" / stem.with_suffix(".png")
-    suffix = FORMATS[fmt]
-    return out_dir / f"{stem}{suffix}", out_dir / "origin" / f"{stem}{suffix}"
+    stem = check_relative(rel, "input file").with_suffix("")
+    name = f"{stem.with_suffix('.png')}" if is_image else f"{stem}{FORMATS[fmt]}"
+    return safe_join(out_dir, name, "input file"), safe_join(out_dir, f"origin/{name}", "input file")
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
