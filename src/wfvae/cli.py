@@ -14,6 +14,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from wfvae.errors import run_command
+
 
 def _cmd_train(argv):
     from wfvae.training.trainer import main
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean '{close[0]}'?" if close else ""
         print(f"wfvae: unknown command '{name}'.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
-    return int(COMMANDS[name][0](rest) or 0)
+    # one error boundary for every command: a user mistake prints one line and exits 2
+    return run_command(f"wfvae {name}", COMMANDS[name][0], rest)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ See :mod:`wfvae.training.trainer` for what a step does and how checkpoints and r
 
 import sys
 
+from wfvae.errors import run_command
 from wfvae.training.trainer import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("wfvae train", main))

@@ -517,4 +517,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from wfvae.errors import run_command
+
+    sys.exit(run_command("wfvae evaluate", main))

@@ -288,7 +288,7 @@ class I3DFeatureExtractor:
         """``(B, 3, T, H, W)`` -> ``(B, 3, T, 224, 224)`` float32 in [-1, 1] on the detector's device."""
         if videos.ndim != 5 or videos.shape[1] != 3:
             raise ValueError(f"expected (B, 3, T, H, W) videos, got {tuple(videos.shape)}")
-        x = to_unit_range(videos.to(self.device)).to(torch.float32)  # [0, 1]
+        x = to_unit_range(videos.to(self.device), torch.float64).to(torch.float32)  # [0, 1]
         if self.variant == "videogpt":
             x = torch.round(x * 255.0) / 255.0
         b, c, t, h, w = x.shape

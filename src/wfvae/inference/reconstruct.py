@@ -10,8 +10,16 @@ How to run::
 
 Outputs keep the input's relative sub-path (``a/b/clip.mp4`` -> ``OUT/a/b/clip.mp4``); with
 ``--output_origin`` the model's exact input (same frames, resize and crop) goes to ``OUT/origin/``.
-Existing outputs are skipped, so an interrupted run continues where it stopped; files are written
-under a temporary name and renamed, so a half-written file is never mistaken for a finished one.
+Two inputs that differ only by extension (``a.mp4``, ``a.mkv``) keep it in their output names
+(``OUT/a.mp4.mp4``, ``OUT/a.mkv.mp4``), so no input is ever mistaken for another's output.
+
+``OUT/wfvae-manifest.json`` records the checkpoint (SHA-256 of the weights, config hash) and the
+settings that decide the outputs; a rerun with other settings stops and names the differences
+(``--overwrite`` redoes everything). Outputs are written under a temporary name and renamed, and
+listed in ``OUT/wfvae-outputs-r*.txt`` just before, so a run killed at any point (any format,
+any process) resumes where it stopped and "already done" means done with these settings.
+Videos are decoded by ``--num_workers`` processes and outputs written by a background thread,
+so the accelerator is not kept waiting on either.
 ``--format mkv`` writes lossless FFV1 (mp4 is lossy and moves the metrics a little).
 ``--metrics psnr,ssim,lpips`` also measures the in-memory tensors, before any codec.
 """
@@ -19,6 +27,7 @@ under a temporary name and renamed, so a half-written file is never mistaken for
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -30,11 +39,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wfvae.utils.paths import check_relative, safe_join
+from wfvae.errors import CheckpointError, ConfigError, InputError, OutputError, VideoDecodeError
+from wfvae.utils.io import atomic_write_bytes
+from wfvae.utils.output_folder import OutputFolder, check_not_nested, collision_free_stems, file_sha256
+from wfvae.utils.writer import BackgroundWriter
 
 logger = logging.getLogger(__name__)
 
 FORMATS = {"mp4": ".mp4", "mkv": ".mkv", "png": ""}  # png: a folder of frames per video
+ORIGIN_SUBDIR = "origin"  # OUT/origin/: the ground truth as fed to the model (--output_origin)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -51,10 +64,44 @@ def load_for_inference(ckpt: str, conv: str = "winograd", **load_kwargs):
     Convolution weights are stored channels-last, and ``conv="winograd"`` turns on Winograd
     3x3 convolutions (CPU only; see ``VideoAutoencoder.use_winograd_convolutions``).
     """
-    from wfvae import load_model
+    from wfvae.models.loading import load_model, non_finite_tensors
 
-    model = load_model(ckpt, **load_kwargs).use_channels_last_weights()
+    try:
+        model = load_model(ckpt, **load_kwargs)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"--ckpt {ckpt}: {e}; pass a model folder (config.json + model.safetensors), "
+                              "a .ckpt or a .safetensors file (with --config)") from e
+    bad = non_finite_tensors(model)
+    if bad:
+        raise CheckpointError(f"--ckpt {ckpt}: {len(bad)} weight tensors hold NaN or Inf (first: {bad[0]}); every "
+                              "output would be garbage. Use a checkpoint saved before the run diverged.")
+    model = model.use_channels_last_weights()
     return model.use_winograd_convolutions(conv == "winograd")
+
+
+def config_hash(config: dict) -> str:
+    """Short, stable hash of a model config (to tell outputs of different models apart)."""
+    text = json.dumps({k: v for k, v in config.items() if not k.startswith("_")}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def model_identity(ckpt: str, model) -> dict:
+    """What an output folder records about the model: the weights file's name, size and SHA-256,
+    and the config hash. Two runs with the same identity produce the same outputs."""
+    from wfvae.models.loading import resolve_weights_file
+
+    weights = resolve_weights_file(ckpt)
+    return {"file": weights.name, "size": weights.stat().st_size, "sha256": file_sha256(weights),
+            "config": config_hash(model.config)}
+
+
+def check_num_frames(model, num_frames: int) -> None:
+    """ConfigError unless ``num_frames`` is a length the model takes (1 + k * temporal factor)."""
+    sf = model.spatial_compression_ratio
+    try:
+        model.check_video(torch.zeros(1, 3, num_frames, sf, sf))
+    except ValueError as e:
+        raise ConfigError(f"--num_frames {num_frames}: {e}") from None
 
 
 @dataclass
@@ -95,6 +142,10 @@ class ReconstructConfig:
     """mp4 (H.264, lossy) | mkv (FFV1, lossless) | png (frame folders, lossless)"""
     sample_fps: float = 24.0
     """fps written into the output videos"""
+    overwrite: bool = False
+    """redo every output even if the folder holds results (of these or other settings)"""
+    num_workers: int = 2
+    """video-decoding worker processes (0 decodes in the main process)"""
     metrics: list[str] = field(default_factory=list)
     """codec-free metrics on the in-memory tensors: psnr,ssim,lpips"""
     lpips_net: str = "alex"
@@ -107,6 +158,31 @@ class ReconstructConfig:
     """where the dataset probe index is cached"""
     seed: int = 42
     """seed for the subset choice"""
+
+    def validate(self) -> None:
+        """Raise ConfigError listing every value out of range."""
+        problems = []
+        bad = sorted(set(self.metrics) - {"psnr", "ssim", "lpips"})
+        if bad:
+            problems.append(f"--metrics {','.join(bad)}: choose from psnr, ssim, lpips")
+        for name in ("num_frames", "sample_rate", "resolution"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("crop_size", "chunk_size", "decode_chunk_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"--{name} must be >= 1 when given, got {value}")
+        if self.crop_size is not None and self.crop_size > self.resolution:
+            problems.append(f"--crop_size {self.crop_size} is larger than --resolution {self.resolution}; "
+                            "use --crop_size <= --resolution")
+        if self.subset_size < 0:
+            problems.append(f"--subset_size must be >= 0 (0 = all), got {self.subset_size}")
+        if self.num_workers < 0:
+            problems.append(f"--num_workers must be >= 0, got {self.num_workers}")
+        if not self.sample_fps > 0:
+            problems.append(f"--sample_fps must be > 0, got {self.sample_fps}")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,26 +205,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--format", choices=sorted(FORMATS), default="mp4")
     p.add_argument("--sample_fps", type=float, default=24.0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo all outputs, replacing results of earlier runs (of any settings)")
+    p.add_argument("--num_workers", type=int, default=2, help="video-decoding worker processes (0: main process)")
     p.add_argument("--metrics", default="", help="comma list of psnr,ssim,lpips (in-memory, before the codec)")
     p.add_argument("--lpips_net", choices=["alex", "vgg"], default="alex")
     p.add_argument("--lpips_backbone_path", default=None)
     p.add_argument("--json", default=None)
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--seed", type=int, default=42)
-    # accepted for command-line compatibility with the original scripts; they have no effect here
+    # accepted for command-line compatibility with the original scripts; it has no effect here
     p.add_argument("--batch_size", type=int, default=1, help=argparse.SUPPRESS)
-    p.add_argument("--num_workers", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
 
 def parse_args(argv: list[str] | None) -> ReconstructConfig:
     ns = vars(_parser().parse_args(argv))
-    ns.pop("batch_size"), ns.pop("num_workers")
+    ns.pop("batch_size")
     ns["metrics"] = [m.strip() for m in ns["metrics"].split(",") if m.strip()]
-    bad = sorted(set(ns["metrics"]) - {"psnr", "ssim", "lpips"})
-    if bad:
-        raise SystemExit(f"wfvae reconstruct: unknown --metrics {bad}; choose from psnr, ssim, lpips")
-    return ReconstructConfig(**ns)
+    cfg = ReconstructConfig(**ns)
+    cfg.validate()
+    return cfg
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -181,40 +258,55 @@ class _SingleFile:
         return self.item
 
 
-def _output_paths(out_dir: Path, rel: str, fmt: str, is_image: bool) -> tuple[Path, Path]:
-    stem = check_relative(rel, "input file").with_suffix("")
-    name = f"{stem.with_suffix('.png')}" if is_image else f"{stem}{FORMATS[fmt]}"
-    return safe_join(out_dir, name, "input file"), safe_join(out_dir, f"origin/{name}", "input file")
+def output_names(stem: str, fmt: str, is_image: bool) -> tuple[str, str]:
+    """(reconstruction, origin) paths relative to the output folder for an output ``stem``."""
+    suffix = ".png" if is_image else FORMATS[fmt]
+    return f"{stem}{suffix}", f"{ORIGIN_SUBDIR}/{stem}{suffix}"
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
-    """(3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3), rounding to nearest."""
+    """(3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3), rounding to nearest (converted on the tensor's device)."""
     x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(1, 2, 3, 0).cpu().numpy()
 
 
-def write_output(path: Path, frames: np.ndarray, fmt: str, fps: float, is_image: bool) -> None:
-    """Write atomically: to a temporary sibling, then rename (folders for png frames)."""
+def write_output(folder: OutputFolder, rel: str, frames: np.ndarray, fmt: str, fps: float, is_image: bool) -> None:
+    """Write output ``rel`` of ``folder`` atomically: a temporary sibling, then claim and rename.
+
+    ``fmt`` png writes a folder of frames (renamed into place whole, replacing an older one).
+    """
     from PIL import Image
 
     from wfvae.data.video_io import write_video
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.temporary_path(rel)
     if is_image:
-        tmp = path.with_name(f".tmp-{path.name}")
         Image.fromarray(frames[0]).save(tmp, format="PNG")
-        os.replace(tmp, path)
-        return
-    if fmt == "png":
-        tmp_dir = path.with_name(f".tmp-{path.name}")
-        tmp_dir.mkdir(parents=True, exist_ok=True)
+    elif fmt == "png":
+        tmp.mkdir()
         for i, frame in enumerate(frames):
-            Image.fromarray(frame).save(tmp_dir / f"{i:05d}.png")
-        os.replace(tmp_dir, path)
-        return
-    tmp = path.with_name(f".tmp-{path.stem}{path.suffix}")
-    write_video(tmp, frames, fps=fps, lossless=(fmt == "mkv"))
-    os.replace(tmp, path)
+            Image.fromarray(frame).save(tmp / f"{i:05d}.png")
+    else:
+        write_video(tmp, frames, fps=fps, lossless=(fmt == "mkv"))
+    folder.publish(tmp, rel)
+
+
+class _Todo(torch.utils.data.Dataset):
+    """The selected items of a dataset; a decoding failure comes back as a record, not an exception
+    (an exception raised in a DataLoader worker loses its type and arrives as a traceback text)."""
+
+    def __init__(self, dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> dict:
+        i = self.indices[k]
+        try:
+            return {**self.dataset[i], "index": i}
+        except VideoDecodeError as e:
+            return {"index": i, "error": e.reason}
 
 
 def _select_subset(n: int, subset_size: int, seed: int) -> list[int]:
@@ -229,29 +321,64 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
     from tqdm import tqdm
 
     from wfvae.evaluation import metrics as M
-    from wfvae.training.distributed import all_gather_object, barrier, cleanup, init_distributed
+    from wfvae.training.distributed import all_gather_object, barrier, broadcast_object, cleanup, init_distributed
 
+    src = Path(cfg.real_video_dir)
+    out_dir = Path(cfg.generated_video_dir)
+    if not src.exists():
+        raise InputError(f"--real_video_dir {src} does not exist; pass a video folder, a video or an image")
+    check_not_nested(src, out_dir, "--real_video_dir", "--generated_video_dir")
     env = init_distributed(cfg.device)
     try:
         model = load_for_inference(cfg.ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=env.device)
-        src = Path(cfg.real_video_dir)
-        out_dir = Path(cfg.generated_video_dir)
         if src.is_file():
             dataset = _SingleFile(src, cfg, model.temporal_compression_ratio)
+            names = [dataset.item["path"]]
         else:
             from wfvae.data.datasets import VideoFolderDataset
 
-            # fail before decoding anything: every clip has exactly num_frames frames
-            sf = model.spatial_compression_ratio
-            model.check_video(torch.zeros(1, 3, cfg.num_frames, sf, sf))
+            check_num_frames(model, cfg.num_frames)  # before decoding anything
+            try:
+                dataset = VideoFolderDataset(
+                    src, cfg.num_frames, cfg.sample_rate, cfg.resolution, train=False,
+                    crop_size=cfg.crop_size, cache_dir=cfg.cache_dir, include_images=False,
+                    show_progress=env.is_main,
+                )
+            except ValueError as e:  # no usable video: the message lists the reasons
+                raise InputError(f"--real_video_dir {src}: {e}") from e
+            names = [v.path for v in dataset.videos]
+        stems = collision_free_stems(names + [p for p, _ in getattr(dataset, "skipped", [])])
+        is_image = bool(getattr(dataset, "item", {}).get("is_image", False))
+        if cfg.output_origin and any(stems[n].split("/")[0] == ORIGIN_SUBDIR for n in names):
+            raise InputError(f"--real_video_dir {src} has a subfolder '{ORIGIN_SUBDIR}/', where --output_origin "
+                             "writes the ground truth; rename that subfolder or drop --output_origin")
+        outputs = {}  # dataset index -> output paths relative to OUT
+        for i, name in enumerate(names):
+            recon_rel, origin_rel = output_names(stems[name], cfg.format, is_image)
+            outputs[i] = [recon_rel] + ([origin_rel] if cfg.output_origin else [])
 
-            dataset = VideoFolderDataset(
-                src, cfg.num_frames, cfg.sample_rate, cfg.resolution, train=False,
-                crop_size=cfg.crop_size, cache_dir=cfg.cache_dir, include_images=False,
-                show_progress=env.is_main,
-            )
+        folder = OutputFolder(out_dir, "reconstruct", {
+            "ckpt": model_identity(cfg.ckpt, model), "real_video_dir": os.path.realpath(src),
+            "num_frames": cfg.num_frames, "sample_rate": cfg.sample_rate, "resolution": cfg.resolution,
+            "crop_size": cfg.crop_size, "format": cfg.format, "dtype": cfg.dtype, "sample_fps": cfg.sample_fps,
+        }, rank=env.rank, output_option="--generated_video_dir")
+        problem = None
+        if env.is_main:
+            try:
+                folder.prepare(overwrite=cfg.overwrite)
+            except OutputError as e:
+                problem = str(e)
+        problem = broadcast_object(problem, env)  # every rank stops, not only rank 0
+        if problem:
+            raise OutputError(problem)
         chosen = _select_subset(len(dataset), cfg.subset_size, cfg.seed)
         mine = chosen[env.rank :: env.world_size]
+        if not cfg.overwrite:
+            folder.check_no_foreign([rel for i in mine for rel in outputs[i]])
+        done = folder.done_outputs()
+        todo = [i for i in mine if cfg.metrics or not all(rel in done for rel in outputs[i])]
+        skipped_existing = len(mine) - len(todo)
+
         lpips_model = None
         if "lpips" in cfg.metrics:
             from wfvae.losses.lpips import load_lpips
@@ -259,48 +386,56 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
             lpips_model = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=env.device)
         autocast_dtype = DTYPES[cfg.dtype]
         use_autocast = env.device.type == "cuda" and autocast_dtype != torch.float32
-        rows, skipped_existing = [], 0
-        bar = tqdm(mine, desc="reconstruct", disable=not env.is_main or not sys.stderr.isatty())
-        for i in bar:
-            item = dataset[i]
-            is_image = bool(item.get("is_image", False))
-            recon_path, origin_path = _output_paths(out_dir, item["path"], cfg.format, is_image)
-            done = recon_path.exists() and (not cfg.output_origin or origin_path.exists())
-            if done and not cfg.metrics:
-                skipped_existing += 1
-                continue
-            video = item["video"].unsqueeze(0).to(env.device)  # (1, 3, T, H, W)
-            with torch.inference_mode(), torch.autocast(env.device.type, dtype=autocast_dtype, enabled=use_autocast):
-                z = model.encode(video, chunk_size=cfg.chunk_size).mode()
-                recon = model.decode(z, chunk_size=cfg.decode_chunk_size).float().clamp(-1, 1)
-            row = {"path": item["path"]}
-            if "psnr" in cfg.metrics:
-                row["psnr"] = float(M.psnr(video.cpu(), recon.cpu())[0])
-            if "ssim" in cfg.metrics:
-                row["ssim"] = float(M.ssim(video.cpu(), recon.cpu())[0])
-            if lpips_model is not None:
-                row["lpips"] = float(M.lpips(video, recon, lpips_model)[0])
-            rows.append(row)
-            if not done:
-                write_output(recon_path, to_uint8_frames(recon[0]), cfg.format, cfg.sample_fps, is_image)
-                if cfg.output_origin:
-                    write_output(origin_path, to_uint8_frames(video[0]), cfg.format, cfg.sample_fps, is_image)
-            else:
-                skipped_existing += 1
+        on_cuda = env.device.type == "cuda"
+        loader = torch.utils.data.DataLoader(
+            _Todo(dataset, todo), batch_size=None, num_workers=cfg.num_workers if len(todo) > 1 else 0,
+            pin_memory=on_cuda,  # page-locked frames copy to the GPU asynchronously
+        )
+        rows, failed = [], []
+        bar = tqdm(loader, total=len(todo), desc="reconstruct", disable=not env.is_main or not sys.stderr.isatty())
+        with BackgroundWriter(max_pending=2) as writer:  # codecs and disk I/O off the main thread
+            for item in bar:
+                i = item["index"]
+                if "error" in item:
+                    logger.warning("skipping %s: %s", names[i], item["error"])
+                    failed.append((names[i], item["error"]))
+                    continue
+                video = item["video"].unsqueeze(0).to(env.device, non_blocking=True)  # (1, 3, T, H, W)
+                with torch.inference_mode(), torch.autocast(env.device.type, dtype=autocast_dtype, enabled=use_autocast):
+                    z = model.encode(video, chunk_size=cfg.chunk_size).mode()
+                    recon = model.decode(z, chunk_size=cfg.decode_chunk_size).float().clamp(-1, 1)
+                row = {"path": names[i]}
+                if "psnr" in cfg.metrics:
+                    row["psnr"] = float(M.psnr(video, recon)[0])
+                if "ssim" in cfg.metrics:
+                    row["ssim"] = float(M.ssim(video, recon)[0])
+                if lpips_model is not None:
+                    row["lpips"] = float(M.lpips(video, recon, lpips_model)[0])
+                rows.append(row)
+                if all(rel in done for rel in outputs[i]):
+                    skipped_existing += 1  # computed for --metrics only
+                    continue
+                for rel, tensor in zip(outputs[i], (recon[0], video[0])):
+                    if rel not in done:
+                        writer.submit(write_output, folder, rel, to_uint8_frames(tensor), cfg.format,
+                                      cfg.sample_fps, is_image)
         gathered = [r for part in all_gather_object(rows, env) for r in part]
         skipped_total = sum(all_gather_object(skipped_existing, env))
-        summary = {"videos": len(chosen), "skipped_existing": skipped_total, "output_dir": str(out_dir)}
-        if hasattr(dataset, "skipped"):
-            summary["skipped_inputs"] = [{"path": p, "reason": r} for p, r in dataset.skipped]
+        failed_total = [f for part in all_gather_object(failed, env) for f in part]
+        summary = {"videos": len(chosen), "skipped_existing": skipped_total, "output_dir": str(out_dir),
+                   "reconstructed": len(chosen) - skipped_total - len(failed_total)}
+        skipped_inputs = [{"path": p, "reason": r} for p, r in getattr(dataset, "skipped", [])]
+        skipped_inputs += [{"path": p, "reason": r} for p, r in failed_total]
+        if skipped_inputs:
+            summary["skipped_inputs"] = skipped_inputs
         if cfg.metrics and gathered:
             summary["metrics"] = {m: float(np.mean([r[m] for r in gathered])) for m in cfg.metrics}
             summary["per_video"] = sorted(gathered, key=lambda r: r["path"])
         barrier(env)
-        if env.is_main:
-            if cfg.metrics:
-                json_path = Path(cfg.json) if cfg.json else out_dir / "reconstruct_metrics.json"
-                json_path.parent.mkdir(parents=True, exist_ok=True)
-                json_path.write_text(json.dumps({"config": asdict(cfg), **summary}, indent=2))
+        if env.is_main and cfg.metrics:
+            json_path = Path(cfg.json) if cfg.json else out_dir / "reconstruct_metrics.json"
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(json_path, json.dumps({"config": asdict(cfg), **summary}, indent=2).encode())
         return summary
     finally:
         cleanup(env)
@@ -313,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     summary = reconstruct(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"reconstructed {summary['videos'] - summary['skipped_existing']} videos "
+        print(f"reconstructed {summary['reconstructed']} videos "
               f"({summary['skipped_existing']} already done) -> {summary['output_dir']}")
         for item in summary.get("skipped_inputs", []):
             print(f"skipped input {item['path']}: {item['reason']}")
@@ -323,4 +458,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from wfvae.errors import run_command
+
+    sys.exit(run_command("wfvae reconstruct", main))

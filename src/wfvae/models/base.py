@@ -157,7 +157,13 @@ class VideoAutoencoder(nn.Module):
             raise ConfigError(
                 f"{cls.__name__} config has unknown keys {unknown}; valid keys: {cls.config_keys()}"
             )
-        return cls(**kwargs)
+        problems = config_value_problems(cls, kwargs)
+        if problems:
+            raise ConfigError(f"{cls.__name__} config has invalid values: " + "; ".join(problems))
+        try:
+            return cls(**kwargs)
+        except (ValueError, TypeError, RuntimeError) as e:  # e.g. an unknown block name, channels vs groups
+            raise ConfigError(f"{cls.__name__} config cannot be built: {e}") from e
 
     # ---------------------------------------------------------------- weights
     def load_weights(
@@ -422,6 +428,71 @@ def read_config(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"model config not found: {path}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON: {e}") from e
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"model config {path} is not a JSON text file ({e}); pass the model's config.json") from e
+    if not isinstance(config, dict):
+        raise ConfigError(f"model config {path} holds a JSON {type(config).__name__}, not an object of settings")
+    return config
+
+
+# Integer settings that may be 0 (counts of optional blocks); every other integer must be >= 1.
+_MAY_BE_ZERO = {"encoder_num_resblocks", "decoder_num_resblocks", "num_res_blocks", "connect_res_layer_num"}
+
+
+def _type_problem(value: Any, hint: Any) -> str | None:
+    """Why ``value`` does not fit the annotation ``hint`` (None when it fits)."""
+    import typing
+
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple, typing.Sequence) or str(origin) == "<class 'collections.abc.Sequence'>":
+        if not isinstance(value, (list, tuple)):
+            return f"expected a list, got {type(value).__name__} {value!r}"
+        (inner,) = typing.get_args(hint)[:1] or (Any,)
+        for item in value:
+            problem = _type_problem(item, inner)
+            if problem:
+                return f"list item: {problem}"
+        return None
+    if hint is bool:
+        return None if isinstance(value, bool) else f"expected true/false, got {value!r}"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else f"expected an integer, got {value!r}"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else f"expected a number, got {value!r}"
+    if hint is str:
+        return None if isinstance(value, str) else f"expected a string, got {value!r}"
+    return None
+
+
+def config_value_problems(cls: type, values: dict[str, Any]) -> list[str]:
+    """Type and range problems of a model config, checked against the constructor's annotations.
+
+    Integers must be >= 1 (block counts >= 0), numbers finite, ``dropout`` in [0, 1). Runs before
+    any layer is built, so ``base_channels: -8`` or ``"eight"`` is reported by name.
+    """
+    import math
+    import typing
+
+    hints = typing.get_type_hints(cls.__init__)
+    problems = []
+    for key, value in values.items():
+        hint = hints.get(key)
+        if hint is None:
+            continue
+        problem = _type_problem(value, hint)
+        if problem is None:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            numbers = [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                problem = f"must be finite, got {value!r}"
+            elif key == "dropout" and not 0.0 <= value < 1.0:
+                problem = f"must be in [0, 1), got {value!r}"
+            elif any(isinstance(v, int) for v in numbers) and typing.get_args(hint) != (float,) and hint is not float:
+                least = 0 if key in _MAY_BE_ZERO else 1
+                if any(isinstance(v, int) and v < least for v in numbers):
+                    problem = f"must be >= {least}, got {value!r}"
+        if problem:
+            problems.append(f"{key}: {problem}")
+    return problems

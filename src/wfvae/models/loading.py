@@ -46,10 +46,12 @@ def build_model(config: dict[str, Any] | str | Path, model_name: str | None = No
         config = read_config(config)
     name = model_name or config.get("_class_name")
     if not name:
-        raise ConfigError("config has no '_class_name'; pass model_name='WFVAE' or 'CausalVAE'")
+        raise ConfigError('the model config has no "_class_name": add "_class_name": "WFVAE" (or "CausalVAE") '
+                          "to it, or pass --model_name WFVAE (or CausalVAE)")
     cls = model_class(name)
     if model_name and config.get("_class_name") and model_class(config["_class_name"]) is not cls:
-        raise ConfigError(f"config is for {config['_class_name']} but model_name={model_name!r}")
+        raise ConfigError(f"the model config is for {config['_class_name']} but --model_name is {model_name}; "
+                          "drop --model_name or pass the matching config")
     return cls.from_config(config)
 
 
@@ -71,7 +73,11 @@ def read_state_dict(path: str | Path, prefer_ema: bool = True) -> tuple[dict[str
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path)), None
+        try:
+            return load_file(str(path)), None
+        except Exception as e:  # SafetensorError for truncated/corrupt headers, OSError for short reads
+            raise CheckpointError(f"cannot read {path} as safetensors ({e}); the file is corrupt or truncated: "
+                                  "copy or export it again") from e
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt/unsafe files
@@ -113,6 +119,26 @@ def _weights_in_dir(directory: Path) -> Path:
     )
 
 
+def resolve_weights_file(path: str | Path) -> Path:
+    """The weights file ``load_model(path)`` reads: ``path`` itself, or the one chosen in a model folder.
+
+    Raises:
+        FileNotFoundError: nothing to load at ``path``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _weights_in_dir(path)
+    if path.is_file():
+        return path
+    raise FileNotFoundError(f"no model at {path}")
+
+
+def non_finite_tensors(model: torch.nn.Module) -> list[str]:
+    """Names of floating point parameters and buffers that hold NaN or Inf."""
+    return [name for name, t in model.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def load_model(
     path: str | Path,
     config: dict[str, Any] | str | Path | None = None,
@@ -135,14 +161,9 @@ def load_model(
         FileNotFoundError: nothing to load at ``path``; CheckpointError: weights don't fit.
     """
     path = Path(path)
-    if path.is_dir():
-        weights = _weights_in_dir(path)
-        if config is None:
-            config = path / CONFIG_NAME
-    elif path.is_file():
-        weights = path
-    else:
-        raise FileNotFoundError(f"no model at {path}")
+    weights = resolve_weights_file(path)
+    if path.is_dir() and config is None:
+        config = path / CONFIG_NAME
     state_dict, stored_config = read_state_dict(weights, prefer_ema=prefer_ema)
     if config is None:
         beside = weights.parent / CONFIG_NAME
@@ -154,5 +175,9 @@ def load_model(
             raise ConfigError(f"{weights} has no config: pass config=... or put a {CONFIG_NAME} next to it")
     model = build_model(config, model_name)
     model.load_weights(state_dict, strict=True, ignore_mismatched_sizes=ignore_mismatched_sizes)
+    bad = non_finite_tensors(model)
+    if bad:
+        logger.warning("%s: %d weight tensors hold NaN or Inf (%s%s); outputs will be garbage (a diverged run?)",
+                       weights, len(bad), ", ".join(bad[:3]), ", ..." if len(bad) > 3 else "")
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     return model.eval()
