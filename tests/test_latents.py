@@ -48,7 +48,7 @@ def test_encode_is_sharded_indexed_and_resumable(setup, tmp_path, capsys):
     # a new video appears; a second run encodes only that one
     write_video(videos / "b" / "new.mp4", make_synthetic_video(10, 32, 40, seed=9), fps=12)
     try:
-        assert _encode(setup, out, "--shard_size", "2") == 0
+        assert _encode(setup, out, "--shard_size", "2", "--sample") == 0
         assert "encoded 1 videos (3 already done)" in capsys.readouterr().out
         assert len(json.loads((out / "index.json").read_text())) == 4
     finally:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import logging
 import sys
 from pathlib import Path
 
 from wfvae.data.datasets import _reason_kind
 from wfvae.data.index import build_index
+from wfvae.errors import ConfigError, InputError
+from wfvae.utils.io import write_json_option
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def check_folder(
             reason = f"too short: {info.frames} decodable frames < num_frames*sample_rate = {need}"
             if info.header_frames > info.frames:
                 reason += f" (header claims {info.header_frames}; truncated?)"
+            reason += "; --short_video_policy pad keeps it"
             skipped.append({"path": e.path, "reason": reason})
             continue
         row = {"path": e.path, **info.to_dict(), "padded": short, "upscaled": min(info.width, info.height) < resolution}
@@ -127,29 +129,25 @@ def _summary(report: dict, root: str, need: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.num_frames < 1 or args.sample_rate < 1 or args.resolution < 1:
-        print("wfvae data-check: --num_frames, --sample_rate and --resolution must be >= 1", file=sys.stderr)
-        return 2
+        raise ConfigError("--num_frames, --sample_rate and --resolution must be >= 1, got "
+                          f"{args.num_frames}, {args.sample_rate}, {args.resolution}")
     from wfvae.utils.logging import setup_logging
 
     setup_logging()
-    try:
-        report = check_folder(
-            args.video_path,
-            args.num_frames,
-            args.sample_rate,
-            args.resolution,
-            short_video_policy=args.short_video_policy,
-            include_images=args.include_images,
-            cache_dir=args.cache_dir,
-            num_workers=args.num_workers,
-        )
-    except FileNotFoundError as e:
-        print(f"wfvae data-check: {e}", file=sys.stderr)
-        return 2
+    if not Path(args.video_path).is_dir():
+        raise InputError(f"--video_path {args.video_path} is not a folder; pass the dataset folder to check")
+    report = check_folder(
+        args.video_path,
+        args.num_frames,
+        args.sample_rate,
+        args.resolution,
+        short_video_policy=args.short_video_policy,
+        include_images=args.include_images,
+        cache_dir=args.cache_dir,
+        num_workers=args.num_workers,
+    )
     if args.json_path:
-        out = Path(args.json_path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
+        write_json_option(args.json_path, report, "--json")
     print(_summary(report, args.video_path, args.num_frames * args.sample_rate))
     if args.json_path:
         print(f"report written to {args.json_path}")

@@ -214,7 +214,7 @@ class VideoFolderDataset(Dataset):
         )
         if info.header_frames > info.frames:
             reason += f" (header claims {info.header_frames}; truncated?)"
-        return reason + " (use --short_video_policy pad to keep it)"
+        return reason + "; lower --num_frames or --sample_rate to use it"
 
     # ----------------------------------------------------------------------------------------
 

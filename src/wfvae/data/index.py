@@ -85,7 +85,8 @@ def discover_videos(root: str | os.PathLike, include_images: bool = False) -> li
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in exts:
                 continue
             full = Path(dirpath) / name
-            if full.is_file():
+            # a dangling symbolic link is kept so that it is reported (stat fails), not silently dropped
+            if full.is_file() or (full.is_symlink() and not full.exists()):
                 found.append((full.relative_to(root).as_posix(), full))
     found.sort(key=lambda item: item[0])
     return [p for _, p in found]
@@ -172,7 +173,11 @@ def build_index(
         try:
             st = path.stat()
         except OSError as e:
-            records[rel] = {"size": -1, "mtime_ns": -1, "error": f"cannot stat ({e})"}
+            if path.is_symlink():
+                reason = f"dangling symbolic link (its target {os.readlink(path)} does not exist)"
+            else:
+                reason = f"cannot stat ({e})"
+            records[rel] = {"size": -1, "mtime_ns": -1, "error": reason}
             continue
         old = cached.get(rel)
         if old and old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns:

@@ -15,7 +15,9 @@ How to run::
     result["dataset"]["psnr"]
 
 Pairing: videos are matched by relative path without extension (``a/b.mp4`` <-> ``a/b.mkv``), found
-recursively. On the generated side, the ``origin/`` subfolder (where reconstruction saves the ground
+recursively. Two videos of one folder that differ only by extension (``a.mp4``, ``a.mkv``) keep it
+in their key (``a.mp4``, ``a.mkv``), the rule ``wfvae reconstruct`` names its outputs by
+(``a.mp4.mp4``, ``a.mkv.mp4``), so each still pairs with its own reconstruction. On the generated side, the ``origin/`` subfolder (where reconstruction saves the ground
 truth) and the real folder itself, if it lies inside, are skipped. Any video without a partner is
 an error that lists them.
 
@@ -46,7 +48,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from wfvae.errors import ConfigError, InputError, UserError
 from wfvae.evaluation import metrics as M
+from wfvae.utils.output_folder import collision_free_stems
 
 logger = logging.getLogger(__name__)
 
@@ -125,33 +129,28 @@ def _video_extensions() -> frozenset[str]:
 def scan_videos(root: str | os.PathLike, exclude: Iterable[Path] = ()) -> dict[str, Path]:
     """Map ``relative/path/without/extension`` -> file for every video under ``root``.
 
+    Files that differ only by extension keep it in their key (see
+    :func:`wfvae.utils.output_folder.collision_free_stems`).
+
     Raises:
         FileNotFoundError: ``root`` is not a directory.
-        ValueError: two files differ only by extension (``a.mp4`` and ``a.mkv``), so pairing
-            would be ambiguous.
+        InputError: the naming rule still gives two files one key.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"video folder '{root}' does not exist or is not a directory")
     excluded = [Path(p).resolve() for p in exclude]
     exts = _video_extensions()
-    found: dict[str, Path] = {}
-    clashes: list[str] = []
+    files: dict[str, Path] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if (here / d).resolve() not in excluded)
         for name in sorted(filenames):
             path = here / name
-            if path.suffix.lower() not in exts:
-                continue
-            key = path.relative_to(root).with_suffix("").as_posix()
-            if key in found:
-                clashes.append(f"{found[key].relative_to(root)} / {path.relative_to(root)}")
-                continue
-            found[key] = path
-    if clashes:
-        raise ValueError(f"'{root}': videos that differ only by extension cannot be paired: {clashes}")
-    return found
+            if path.suffix.lower() in exts:
+                files[path.relative_to(root).as_posix()] = path
+    stems = collision_free_stems(files)
+    return {stems[rel]: path for rel, path in sorted(files.items())}
 
 
 def pair_videos(real_dir: str | os.PathLike, generated_dir: str | os.PathLike) -> list[tuple[str, Path, Path]]:
@@ -172,9 +171,9 @@ def pair_videos(real_dir: str | os.PathLike, generated_dir: str | os.PathLike) -
     real = scan_videos(real_dir)
     generated = scan_videos(generated_dir, exclude=skip)
     if not real:
-        raise ValueError(f"no videos found in real folder '{real_dir}'")
+        raise InputError(f"no videos found in --real_video_dir '{real_dir}'")
     if not generated:
-        raise ValueError(f"no videos found in generated folder '{generated_dir}' (its '{ORIGIN_SUBDIR}/' is skipped)")
+        raise InputError(f"no videos found in --generated_video_dir '{generated_dir}' (its '{ORIGIN_SUBDIR}/' is skipped)")
     only_real = sorted(set(real) - set(generated))
     only_generated = sorted(set(generated) - set(real))
     if only_real or only_generated:
@@ -184,7 +183,7 @@ def pair_videos(real_dir: str | os.PathLike, generated_dir: str | os.PathLike) -
             f"  only in generated '{generated_dir}': {generated[k].relative_to(generated_dir)}"
             for k in only_generated
         ]
-        raise ValueError("\n".join(lines))
+        raise InputError("\n".join(lines))
     return [(k, real[k], generated[k]) for k in sorted(real)]
 
 
@@ -228,11 +227,20 @@ class _PairDataset(torch.utils.data.Dataset):
         return center_crop(video, self.resolution)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """One pair, or ``{"key", "error"}`` for a user-fixable problem: an exception raised in a
+        DataLoader worker would reach the main process as a traceback text, not as itself."""
+        key = self.pairs[index][0]
+        try:
+            return self._pair(index)
+        except UserError as e:
+            return {"key": key, "error": str(e)}
+
+    def _pair(self, index: int) -> dict[str, Any]:
         key, real_path, gen_path = self.pairs[index]
         real = self._load(real_path, self.sample_rate)
         generated = self._load(gen_path, 1)
         if real.shape != generated.shape:
-            raise ValueError(
+            raise InputError(
                 f"'{key}': real {real_path} gives (C, T, H, W) {tuple(real.shape)} but generated "
                 f"{gen_path} gives {tuple(generated.shape)}; set --num_frames / --resolution so both agree"
             )
@@ -315,7 +323,7 @@ def evaluate_folders(
         pairs = pairs[: cfg.subset_size]
     logger.info("evaluating %s on %d video pairs", ",".join(wanted), len(pairs))
     if "fvd" in wanted and len(pairs) < 2:
-        raise ValueError(f"FVD needs at least 2 videos per set (a covariance), got {len(pairs)}")
+        raise InputError(f"FVD needs at least 2 videos per set (a covariance), got {len(pairs)}")
 
     # Load networks before decoding anything, so a missing weight file fails immediately.
     lpips_net_module = None
@@ -335,10 +343,12 @@ def evaluate_folders(
 
             extractor = load_i3d(cfg.fvd_variant, cfg.fvd_weights, device=cfg.device)
 
+    device = torch.device(cfg.device)
     loader = torch.utils.data.DataLoader(
         _PairDataset(pairs, cfg),
         batch_size=None,  # one pair per item: sizes may differ when resolution is 0
         num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
     )
     if progress:
         from tqdm import tqdm
@@ -365,8 +375,11 @@ def evaluate_folders(
     started = time.perf_counter()
     for item in loader:
         key = item["key"]
-        real = item["real"].unsqueeze(0)  # (1, 3, T, H, W) uint8
-        generated = item["generated"].unsqueeze(0)
+        if "error" in item:
+            raise InputError(f"pair '{key}': {item['error']}")
+        # (1, 3, T, H, W) uint8; PSNR/SSIM run on the device (float32 / exact integers)
+        real = item["real"].unsqueeze(0).to(device, non_blocking=True)
+        generated = item["generated"].unsqueeze(0).to(device, non_blocking=True)
         row: dict[str, Any] = {"path": key}
         if "psnr" in wanted:
             row["psnr"] = float(M.psnr(real, generated)[0])
@@ -375,7 +388,7 @@ def evaluate_folders(
         if "lpips" in wanted:
             row["lpips"] = float(M.lpips(real, generated, lpips_net_module)[0])
         if extractor is not None:
-            fvd_queue.append((real[0], generated[0]))
+            fvd_queue.append((real[0].cpu(), generated[0].cpu()))
             if len(fvd_queue) >= cfg.batch_size:
                 flush_fvd()
         per_video.append(row)
@@ -477,42 +490,37 @@ def format_results(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wfvae.errors import CheckpointError, ConfigError, MissingWeightsError, VideoDecodeError
+    """``wfvae evaluate``; user mistakes raise :class:`wfvae.errors.UserError` (exit 2 at the boundary)."""
+    from wfvae.utils.device import resolve_device
+    from wfvae.utils.io import write_json_option
     from wfvae.utils.logging import setup_logging
 
     args = _build_parser().parse_args(argv)
     setup_logging()
     if args.crop_size is not None and args.crop_size != args.resolution:
-        print(f"wfvae evaluate: --crop_size {args.crop_size} must equal --resolution {args.resolution}", file=sys.stderr)
-        return 2
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        result = evaluate_folders(
-            args.real_video_dir,
-            args.generated_video_dir,
-            args.metric,
-            num_frames=args.num_frames,
-            sample_rate=args.sample_rate,
-            resolution=args.resolution,
-            subset_size=args.subset_size,
-            device=device,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            lpips_net=args.lpips_net,
-            lpips_backbone_path=args.lpips_backbone_path,
-            fvd_variant=args.fvd_variant,
-            fvd_weights=args.fvd_weights,
-            progress=True,
-        )
-    except (ConfigError, MissingWeightsError, CheckpointError, VideoDecodeError, FileNotFoundError, ValueError) as e:
-        print(f"wfvae evaluate: error: {e}", file=sys.stderr)
-        return 1
+        raise ConfigError(f"--crop_size {args.crop_size} must equal --resolution {args.resolution} "
+                          "(frames are resized and centre-cropped to a square); drop --crop_size")
+    device = resolve_device(args.device or "auto")
+    result = evaluate_folders(
+        args.real_video_dir,
+        args.generated_video_dir,
+        args.metric,
+        num_frames=args.num_frames,
+        sample_rate=args.sample_rate,
+        resolution=args.resolution,
+        subset_size=args.subset_size,
+        device=device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        lpips_net=args.lpips_net,
+        lpips_backbone_path=args.lpips_backbone_path,
+        fvd_variant=args.fvd_variant,
+        fvd_weights=args.fvd_weights,
+        progress=True,
+    )
     print(format_results(result))
     if args.json_path:
-        out = Path(args.json_path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-        logger.info("wrote %s", out)
+        logger.info("wrote %s", write_json_option(args.json_path, result, "--json"))
     return 0
 
 

@@ -16,14 +16,17 @@ Layout of a latents folder::
 
 Encoding is resumable: videos already listed in any ``index-r*.json`` are skipped, and each shard
 is written (atomically) before its records are added to the index, so an interruption loses at
-most one unfinished shard. ``--apply_scale_shift`` stores ``(z - shift) * scale`` with the
+most one unfinished shard. ``wfvae-manifest.json`` records the checkpoint and the settings; a
+rerun with other settings stops and names the differences (``--overwrite`` starts again).
+Decoding resumes the same way (see :mod:`wfvae.utils.output_folder`); its output names are
+checked to stay inside ``--out`` whatever the index says, and two sources that differ only by
+extension (``a.mp4``, ``a.mkv``) keep it in their names (``a.mp4.mp4``, ``a.mkv.mp4``). ``--apply_scale_shift`` stores ``(z - shift) * scale`` with the
 config's values; the records say whether it was applied so ``decode`` can undo it.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -33,12 +36,26 @@ from pathlib import Path
 
 import torch
 
-from wfvae.inference.reconstruct import FORMATS, add_conv_argument, load_for_inference, to_uint8_frames, write_output
-from wfvae.errors import UnsafePathError
-from wfvae.utils.io import atomic_write_bytes
+from wfvae.errors import InputError, OutputError, UnsafePathError
+from wfvae.inference.reconstruct import (
+    FORMATS,
+    DecodedItems,
+    add_conv_argument,
+    check_num_frames,
+    config_hash,
+    load_for_inference,
+    model_identity,
+    to_uint8_frames,
+    write_output,
+)
+from wfvae.utils.io import write_json_option
+from wfvae.utils.output_folder import OutputFolder, check_not_nested, collision_free_stems
 from wfvae.utils.paths import check_relative, safe_join
+from wfvae.utils.writer import BackgroundWriter
 
 logger = logging.getLogger(__name__)
+
+_RECORD_KEYS = ("key", "shard", "source", "fps", "scale_shift_applied", "model_config_hash")
 
 
 @dataclass
@@ -58,24 +75,60 @@ class LatentRecord:
     has_sample: bool
 
 
-def config_hash(config: dict) -> str:
-    """Short, stable hash of a model config (to tell latents of different models apart)."""
-    text = json.dumps({k: v for k, v in config.items() if not k.startswith("_")}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _read_records(path: Path) -> list[dict]:
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path} is not a readable latents index ({e}); encode the folder again with "
+                         "`wfvae encode` (--overwrite)") from e
+    if not isinstance(records, list) or not all(isinstance(r, dict) and all(k in r for k in _RECORD_KEYS)
+                                                 for r in records):
+        raise InputError(f"{path} is not a latents index written by `wfvae encode` (a list of records with "
+                         f"{', '.join(_RECORD_KEYS)}); encode the folder again")
+    return records
 
 
 def read_index(latents_dir: Path) -> list[dict]:
-    """All records of a latents folder (from the per-rank index files)."""
+    """All records of a latents folder (from the per-rank index files).
+
+    Raises:
+        InputError: an index file is unreadable or not a list of records.
+    """
+    latents_dir = Path(latents_dir)
     records = []
     for part in sorted(latents_dir.glob("index-r*.json")):
-        records.extend(json.loads(part.read_text()))
+        records.extend(_read_records(part))
     if not records and (latents_dir / "index.json").is_file():
-        records = json.loads((latents_dir / "index.json").read_text())
-    return sorted(records, key=lambda r: r["source"])
+        records = _read_records(latents_dir / "index.json")
+    return sorted(records, key=lambda r: str(r["source"]))
 
 
-def _write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=1) + "\n").encode()
+
+
+def _publish_bytes(folder: OutputFolder, rel: str, data: bytes) -> None:
+    tmp = folder.temporary_path(rel)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    folder.publish(tmp, rel)
+
+
+def _prepare_on_rank0(folder: OutputFolder, overwrite: bool, env) -> None:
+    """``folder.prepare`` on rank 0; every rank raises its error (no rank waits at a barrier alone)."""
+    from wfvae.training.distributed import broadcast_object
+
+    problem = None
+    if env.is_main:
+        try:
+            folder.prepare(overwrite=overwrite)
+        except OutputError as e:
+            problem = str(e)
+    problem = broadcast_object(problem, env)
+    if problem:
+        raise OutputError(problem)
 
 
 # ------------------------------------------------------------------------------ encode
@@ -83,130 +136,215 @@ def encode_folder(
     video_path: str, ckpt: str, out: str, num_frames: int = 33, sample_rate: int = 1, resolution: int = 256,
     crop_size: int | None = None, sample: bool = False, apply_scale_shift: bool = False, shard_size: int = 64,
     chunk_size: int | None = None, device: str = "auto", config: str | None = None, cache_dir: str | None = None,
-    seed: int = 0, conv: str = "winograd",
+    seed: int = 0, conv: str = "winograd", model_name: str | None = None, overwrite: bool = False,
+    num_workers: int = 2,
 ) -> dict:
-    """Encode every usable video below ``video_path`` into ``out``. Returns a summary dict."""
+    """Encode every usable video below ``video_path`` into ``out``. Returns a summary dict.
+
+    Videos are decoded by ``num_workers`` DataLoader processes (page-locked on CUDA) and shards
+    are written by a background thread, so the accelerator keeps working meanwhile.
+    """
     from safetensors.torch import save
 
     from wfvae.data.datasets import VideoFolderDataset
     from wfvae.training.distributed import all_gather_object, barrier, cleanup, init_distributed
 
+    src, out_dir = Path(video_path), Path(out)
+    if not src.is_dir():
+        raise InputError(f"--video_path {video_path} is not a folder; pass the folder of videos to encode")
+    check_not_nested(src, out_dir, "--video_path", "--out")
+    if shard_size < 1:
+        raise InputError(f"--shard_size must be >= 1, got {shard_size}")
     env = init_distributed(device)
     try:
-        model = load_for_inference(ckpt, conv, config=config, device=env.device)
-        sf = model.spatial_compression_ratio
-        model.check_video(torch.zeros(1, 3, num_frames, sf, sf))
-        out_dir = Path(out)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        dataset = VideoFolderDataset(video_path, num_frames, sample_rate, resolution, train=False,
-                                     crop_size=crop_size, cache_dir=cache_dir, show_progress=env.is_main)
+        model = load_for_inference(ckpt, conv, config=config, model_name=model_name, device=env.device)
+        check_num_frames(model, num_frames)
+        try:
+            dataset = VideoFolderDataset(video_path, num_frames, sample_rate, resolution, train=False,
+                                         crop_size=crop_size, cache_dir=cache_dir, show_progress=env.is_main)
+        except ValueError as e:  # no usable video: the message lists the reasons
+            raise InputError(f"--video_path {video_path}: {e}") from e
+        folder = OutputFolder(out_dir, "encode", {
+            "ckpt": model_identity(ckpt, model), "video_path": os.path.realpath(src), "num_frames": num_frames,
+            "sample_rate": sample_rate, "resolution": resolution, "crop_size": crop_size, "sample": sample,
+            "apply_scale_shift": apply_scale_shift, "seed": seed,
+        }, rank=env.rank, output_option="--out")
+        _prepare_on_rank0(folder, overwrite, env)
+        if not overwrite and env.is_main:
+            folder.check_no_foreign(p.name for p in [*out_dir.glob("index*.json"), *out_dir.glob("shard-r*.safetensors")])
         done = {r["source"] for r in read_index(out_dir)}
         barrier(env)  # every rank has read the index before anyone appends to it
         todo = [i for i in range(len(dataset)) if dataset.videos[i].path not in done][env.rank :: env.world_size]
-        index_path = out_dir / f"index-r{env.rank}.json"
-        records = json.loads(index_path.read_text()) if index_path.is_file() else []
+        index_name = f"index-r{env.rank}.json"
+        records = _read_records(out_dir / index_name) if (out_dir / index_name).is_file() else []
+        referenced = {r["shard"] for r in records}
+        for orphan in out_dir.glob(f"shard-r{env.rank}-*.safetensors"):  # written, then killed before the index
+            if orphan.name not in referenced:
+                orphan.unlink()
         existing = sorted(out_dir.glob(f"shard-r{env.rank}-*.safetensors"))
         shard_no = int(existing[-1].stem.rsplit("-", 1)[1]) + 1 if existing else 0
+        next_key = len(records)
         generator = torch.Generator(device=env.device).manual_seed(seed + env.rank)
         chash = config_hash(model.config)
         scale = shift = None
         pending_tensors: dict[str, torch.Tensor] = {}
         pending_records: list[LatentRecord] = []
 
-        def flush():
-            nonlocal shard_no, pending_tensors, pending_records
-            if not pending_records:
-                return
-            name = f"shard-r{env.rank}-{shard_no:05d}.safetensors"
-            for r in pending_records:
-                r.shard = name
-            atomic_write_bytes(out_dir / name, save(pending_tensors))
-            records.extend(asdict(r) for r in pending_records)
-            _write_json(index_path, records)  # after the shard: the index never points at a missing file
-            shard_no += 1
-            pending_tensors, pending_records = {}, []
+        def write_shard(name: str, tensors: dict, new_records: list[dict]) -> None:
+            """Runs on the writer thread: the shard first, then the index that points at it."""
+            _publish_bytes(folder, name, save(tensors))
+            records.extend(new_records)
+            _publish_bytes(folder, index_name, _json_bytes(records))
 
-        for i in todo:
-            item = dataset[i]
-            video = item["video"].unsqueeze(0).to(env.device)
-            with torch.inference_mode():
-                posterior = model.encode(video, chunk_size=chunk_size)
-                tensors = {"mean": posterior.mean}
-                if sample:
-                    tensors["sample"] = posterior.sample(generator)
-                if apply_scale_shift:
-                    if scale is None:
-                        scale, shift = model.latent_scale_shift(posterior.mean)
-                    tensors = {k: (v - shift) * scale for k, v in tensors.items()}
-            key = f"v{len(records) + len(pending_records):07d}r{env.rank}"
-            for name, t in tensors.items():
-                pending_tensors[f"{key}.{name}"] = t[0].float().contiguous().cpu()
-            info = dataset.videos[i].info
-            pending_records.append(LatentRecord(
-                key=key, shard="", source=item["path"], frames=int(video.shape[2]), fps=float(info.fps),
-                sample_rate=sample_rate, resolution=resolution, latent_shape=list(tensors["mean"].shape[1:]),
-                model_config_hash=chash, scale_shift_applied=apply_scale_shift, has_sample=sample,
-            ))
-            if len(pending_records) >= shard_size:
-                flush()
-        flush()
-        counts = all_gather_object(len(todo), env)
+        failed = []
+        loader = torch.utils.data.DataLoader(DecodedItems(dataset, todo), batch_size=None,
+                                             num_workers=num_workers if len(todo) > 1 else 0,
+                                             pin_memory=env.device.type == "cuda")
+        with BackgroundWriter(max_pending=2) as writer:
+
+            def flush():
+                nonlocal shard_no, pending_tensors, pending_records
+                if not pending_records:
+                    return
+                name = f"shard-r{env.rank}-{shard_no:05d}.safetensors"
+                for r in pending_records:
+                    r.shard = name
+                writer.submit(write_shard, name, pending_tensors, [asdict(r) for r in pending_records])
+                shard_no += 1
+                pending_tensors, pending_records = {}, []
+
+            for item in loader:
+                i = item["index"]
+                if "error" in item:
+                    logger.warning("skipping %s: %s", dataset.videos[i].path, item["error"])
+                    failed.append((dataset.videos[i].path, item["error"]))
+                    continue
+                video = item["video"].unsqueeze(0).to(env.device, non_blocking=True)
+                with torch.inference_mode():
+                    posterior = model.encode(video, chunk_size=chunk_size)
+                    tensors = {"mean": posterior.mean}
+                    if sample:
+                        tensors["sample"] = posterior.sample(generator)
+                    if apply_scale_shift:
+                        if scale is None:
+                            scale, shift = model.latent_scale_shift(posterior.mean)
+                        tensors = {k: (v - shift) * scale for k, v in tensors.items()}
+                key = f"v{next_key:07d}r{env.rank}"
+                next_key += 1
+                for name, t in tensors.items():
+                    pending_tensors[f"{key}.{name}"] = t[0].float().contiguous().cpu()
+                info = dataset.videos[i].info
+                pending_records.append(LatentRecord(
+                    key=key, shard="", source=dataset.videos[i].path, frames=int(video.shape[2]), fps=float(info.fps),
+                    sample_rate=sample_rate, resolution=resolution, latent_shape=list(tensors["mean"].shape[1:]),
+                    model_config_hash=chash, scale_shift_applied=apply_scale_shift, has_sample=sample,
+                ))
+                if len(pending_records) >= shard_size:
+                    flush()
+            flush()
+        counts = all_gather_object(len(todo) - len(failed), env)
+        failed_all = [f for part in all_gather_object(failed, env) for f in part]
         barrier(env)
         if env.is_main:
-            _write_json(out_dir / "index.json", read_index(out_dir))
-        return {"encoded": sum(counts), "already_done": len(done), "skipped_inputs": dataset.skipped, "out": str(out_dir)}
+            _publish_bytes(folder, "index.json", _json_bytes(read_index(out_dir)))
+        return {"encoded": sum(counts), "already_done": len(done),
+                "skipped_inputs": list(dataset.skipped) + failed_all, "out": str(out_dir)}
     finally:
         cleanup(env)
 
 
-def load_latents(latents_dir: str | Path, which: str = "mean"):
-    """Yield (record, latent (C, T', H', W')) for every video of a latents folder."""
+def load_latents(latents_dir: str | Path, which: str = "mean", records: list[dict] | None = None):
+    """Yield (record, latent (C, T', H', W')) for every video of a latents folder (or of ``records``).
+
+    Raises:
+        InputError: a shard is missing, corrupt, or lacks the record's tensor.
+    """
     from safetensors import safe_open
 
     latents_dir = Path(latents_dir)
-    for record in read_index(latents_dir):
-        with safe_open(str(safe_join(latents_dir, record["shard"], "shard")), framework="pt") as f:
-            yield record, f.get_tensor(f"{record['key']}.{which}")
+    for record in read_index(latents_dir) if records is None else records:
+        shard = safe_join(latents_dir, record["shard"], "shard")
+        try:
+            with safe_open(str(shard), framework="pt") as f:
+                tensor = f.get_tensor(f"{record['key']}.{which}")
+        except Exception as e:  # SafetensorError / OSError for a missing, truncated or foreign shard
+            raise InputError(f"{shard}: cannot read latent {record['key']}.{which} of {record['source']!r} ({e}); "
+                             "the latents folder is damaged: encode it again with `wfvae encode`") from e
+        yield record, tensor
 
 
 # ------------------------------------------------------------------------------ decode
 def decode_folder(latents: str, ckpt: str, out: str, fmt: str = "mp4", fps: float | None = None,
-                  chunk_size: int | None = None, device: str = "cpu", config: str | None = None,
-                  conv: str = "winograd") -> int:
-    """Decode every latent of a latents folder into ``out/<source path>``; returns the count.
+                  chunk_size: int | None = None, device: str = "auto", config: str | None = None,
+                  conv: str = "winograd", model_name: str | None = None, overwrite: bool = False) -> dict:
+    """Decode every latent of a latents folder into ``out/<source path>``; returns a summary dict.
 
     Output names come from the index's ``source`` fields, which are data, not trusted: every record
     is checked before anything is loaded or written, and one that would land outside ``out``
-    (absolute, ``..``, a symlink inside ``out``) stops the command with UnsafePathError.
+    (absolute, ``..``, a symlink inside ``out``) stops the command with UnsafePathError. Videos
+    are written by a background thread; a killed run resumes (see :mod:`wfvae.utils.output_folder`).
     """
-    targets = _decode_targets(Path(latents), Path(out), fmt)
-    model = load_for_inference(ckpt, conv, config=config, device=device)
+    from wfvae.utils.device import resolve_device
+
+    latents_dir, out_dir = Path(latents), Path(out)
+    if not latents_dir.is_dir():
+        raise InputError(f"--latents {latents} is not a folder; pass a folder written by `wfvae encode`")
+    records = read_index(latents_dir)
+    if not records:
+        raise InputError(f"--latents {latents}: no latents found (expected index.json written by `wfvae encode`)")
+    targets = _decode_targets(records, latents_dir, out_dir, fmt)
+    dev = resolve_device(device)
+    model = load_for_inference(ckpt, conv, config=config, model_name=model_name, device=dev)
+    folder = OutputFolder(out_dir, "decode", {
+        "ckpt": model_identity(ckpt, model), "latents": os.path.realpath(latents_dir), "format": fmt, "fps": fps,
+    }, output_option="--out")
+    folder.prepare(overwrite=overwrite)
+    if not overwrite:
+        folder.check_no_foreign(targets.values())
+    done = folder.done_outputs()
+    todo = [r for r in records if targets[r["key"]] not in done]
+    foreign_models = sorted({r["source"] for r in todo if r["model_config_hash"] != config_hash(model.config)})
+    if foreign_models:
+        logger.warning("%d latents were encoded by a model with another config (e.g. %s); their videos will "
+                       "not match the originals", len(foreign_models), foreign_models[0])
     count = 0
-    for record, z in load_latents(latents):
-        if record["model_config_hash"] != config_hash(model.config):
-            logger.warning("%s was encoded by a model with another config (hash %s)", record["source"], record["model_config_hash"])
-        z = z.unsqueeze(0).to(device)
-        if record["scale_shift_applied"]:
-            scale, shift = model.latent_scale_shift(z)
-            z = z / scale + shift
-        with torch.inference_mode():
-            video = model.decode(z, chunk_size=chunk_size).float().clamp(-1, 1)
-        path = targets[record["key"]]
-        write_output(path, to_uint8_frames(video[0]), fmt, fps or record["fps"] or 24.0, is_image=False)
-        count += 1
-    return count
+    with BackgroundWriter(max_pending=2) as writer:
+        for record, z in load_latents(latents_dir, records=todo):
+            z = z.unsqueeze(0).to(dev)
+            if record["scale_shift_applied"]:
+                scale, shift = model.latent_scale_shift(z)
+                z = z / scale + shift
+            with torch.inference_mode():
+                video = model.decode(z, chunk_size=chunk_size).float().clamp(-1, 1)
+            writer.submit(write_output, folder, targets[record["key"]], to_uint8_frames(video[0]), fmt,
+                          fps or record["fps"] or 24.0, False)
+            count += 1
+    return {"decoded": count, "already_done": len(records) - len(todo), "out": str(out_dir)}
 
 
-def _decode_targets(latents_dir: Path, out_dir: Path, fmt: str) -> dict[str, Path]:
-    """Output path of every record (by key), after checking all of them; lists every bad record."""
-    problems, targets = [], {}
-    for record in read_index(latents_dir):
+def _decode_targets(records: list[dict], latents_dir: Path, out_dir: Path, fmt: str) -> dict[str, str]:
+    """Output path (relative to ``out_dir``) of every record, by key, after checking all of them.
+
+    Raises:
+        UnsafePathError: some records would be written outside ``out_dir``; all are listed.
+    """
+    problems, sources = [], {}
+    for record in records:
         try:
             check_relative(record["shard"], "shard")
-            stem = check_relative(record["source"], "source").with_suffix("")
-            targets[record["key"]] = safe_join(out_dir, f"{stem}{FORMATS[fmt]}", "source")
+            sources[record["key"]] = check_relative(record["source"], "source").as_posix()
         except UnsafePathError as e:
             problems.append(f"  record {record.get('key')!r}: {e}")
+    targets = {}
+    if not problems:
+        stems = collision_free_stems(sources.values())
+        for key, source in sources.items():
+            rel = f"{stems[source]}{FORMATS[fmt]}"
+            try:
+                safe_join(out_dir, rel, "source")
+                targets[key] = rel
+            except UnsafePathError as e:
+                problems.append(f"  record {key!r}: {e}")
     if problems:
         raise UnsafePathError(
             f"{latents_dir / 'index.json'} has records that would be written outside --out {out_dir}; "
@@ -224,6 +362,8 @@ def latent_stats(latents: str, which: str = "mean") -> dict:
     and ``shift = mean`` are what a diffusion model uses as ``(z - shift) * scale`` to get unit
     variance, zero mean latents (the config's ``scale`` / ``shift`` fields).
     """
+    if not Path(latents).is_dir():
+        raise InputError(f"--latents {latents} is not a folder; pass a folder written by `wfvae encode`")
     n, mean, m2, videos, applied = 0, None, None, 0, set()
     for record, z in load_latents(latents, which):
         applied.add(record["scale_shift_applied"])
@@ -240,7 +380,7 @@ def latent_stats(latents: str, which: str = "mean") -> dict:
             n = total
         videos += 1
     if videos == 0:
-        raise ValueError(f"no latents found in {latents} (expected index-r*.json written by `wfvae encode`)")
+        raise InputError(f"--latents {latents}: no latents found (expected index-r*.json written by `wfvae encode`)")
     std = (m2 / n).sqrt()
     if applied != {False}:
         logger.warning("some latents already had scale/shift applied; statistics describe the stored values")
@@ -249,12 +389,23 @@ def latent_stats(latents: str, which: str = "mean") -> dict:
 
 
 # ------------------------------------------------------------------------------ CLI
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="model dir or weights file (see wfvae.load_model)")
+    p.add_argument("--config", default=None, help="model config.json when --ckpt is a bare weights file")
+    p.add_argument("--model_name", choices=["WFVAE", "CausalVAE"], default=None,
+                   help="model class when the config has no _class_name")
+    add_conv_argument(p)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CUDA when visible, else CPU")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo all outputs, replacing results of earlier runs (of any settings)")
+
+
 def _encode_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wfvae encode", description="Encode a video folder into latent shards.")
     p.add_argument("--video_path", required=True)
-    p.add_argument("--ckpt", required=True, help="model dir or weights file (see wfvae.load_model)")
-    p.add_argument("--config", default=None)
     p.add_argument("--out", required=True, help="latents folder (created; resumable)")
+    _add_model_arguments(p)
     p.add_argument("--num_frames", type=int, default=33)
     p.add_argument("--sample_rate", type=int, default=1)
     p.add_argument("--resolution", type=int, default=256)
@@ -263,8 +414,7 @@ def _encode_parser() -> argparse.ArgumentParser:
     p.add_argument("--apply_scale_shift", action="store_true", help="store (z - shift) * scale using the config's values")
     p.add_argument("--shard_size", type=int, default=64, help="videos per safetensors shard")
     p.add_argument("--chunk_size", type=int, default=None, help="encode this many frames at a time (exact)")
-    add_conv_argument(p)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--num_workers", type=int, default=2, help="video-decoding worker processes (0: main process)")
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -282,26 +432,23 @@ def encode_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _decode_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wfvae decode", description="Decode a latents folder back into videos.")
+    p.add_argument("--latents", required=True, help="folder written by `wfvae encode`")
+    p.add_argument("--out", required=True, help="video folder (created; resumable)")
+    _add_model_arguments(p)
+    p.add_argument("--format", dest="fmt", choices=["mp4", "mkv", "png"], default="mp4")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of the videos (default: the source's)")
+    p.add_argument("--chunk_size", type=int, default=None, help="decode this many latent frames at a time (exact)")
+    return p
+
+
 def decode_main(argv: list[str] | None = None) -> int:
     from wfvae.utils.logging import setup_logging
 
     setup_logging()
-    p = argparse.ArgumentParser(prog="wfvae decode", description="Decode a latents folder back into videos.")
-    p.add_argument("--latents", required=True)
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--config", default=None)
-    p.add_argument("--out", required=True)
-    p.add_argument("--format", dest="fmt", choices=["mp4", "mkv", "png"], default="mp4")
-    p.add_argument("--fps", type=float, default=None)
-    p.add_argument("--chunk_size", type=int, default=None, help="decode this many latent frames at a time (exact)")
-    add_conv_argument(p)
-    p.add_argument("--device", default="cpu")
-    try:
-        n = decode_folder(**vars(p.parse_args(argv)))
-    except UnsafePathError as e:
-        print(f"wfvae decode: {e}", file=sys.stderr)
-        return 2
-    print(f"decoded {n} videos")
+    summary = decode_folder(**vars(_decode_parser().parse_args(argv)))
+    print(f"decoded {summary['decoded']} videos ({summary['already_done']} already done) -> {summary['out']}")
     return 0
 
 
@@ -315,6 +462,8 @@ def stats_main(argv: list[str] | None = None) -> int:
     p.add_argument("--which", choices=["mean", "sample"], default="mean")
     p.add_argument("--json", default=None, help="write the statistics here")
     args = p.parse_args(argv)
+    if not Path(args.latents).is_dir():
+        raise InputError(f"--latents {args.latents} is not a folder; pass a folder written by `wfvae encode`")
     stats = latent_stats(args.latents, args.which)
     print(f"{stats['videos']} videos, {stats['elements_per_channel']} values per channel")
     print(f"{'channel':>7} {'mean':>10} {'std':>10}")
@@ -322,7 +471,7 @@ def stats_main(argv: list[str] | None = None) -> int:
         print(f"{c:>7} {m:>10.5f} {s:>10.5f}")
     print(json.dumps({"scale": [round(v, 6) for v in stats["scale"]], "shift": [round(v, 6) for v in stats["shift"]]}))
     if args.json:
-        Path(args.json).write_text(json.dumps(stats, indent=2) + "\n")
+        write_json_option(args.json, stats, "--json")
     return 0
 
 

@@ -291,7 +291,7 @@ def write_output(folder: OutputFolder, rel: str, frames: np.ndarray, fmt: str, f
     folder.publish(tmp, rel)
 
 
-class _Todo(torch.utils.data.Dataset):
+class DecodedItems(torch.utils.data.Dataset):
     """The selected items of a dataset; a decoding failure comes back as a record, not an exception
     (an exception raised in a DataLoader worker loses its type and arrives as a traceback text)."""
 
@@ -388,7 +388,7 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
         use_autocast = env.device.type == "cuda" and autocast_dtype != torch.float32
         on_cuda = env.device.type == "cuda"
         loader = torch.utils.data.DataLoader(
-            _Todo(dataset, todo), batch_size=None, num_workers=cfg.num_workers if len(todo) > 1 else 0,
+            DecodedItems(dataset, todo), batch_size=None, num_workers=cfg.num_workers if len(todo) > 1 else 0,
             pin_memory=on_cuda,  # page-locked frames copy to the GPU asynchronously
         )
         rows, failed = [], []

@@ -22,11 +22,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from wfvae.utils.device import resolve_device
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DistEnv",
-    "resolve_device",
     "all_gather_object",
     "all_reduce_sum_",
     "barrier",
@@ -63,34 +64,6 @@ def _env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError as e:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from e
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when visible, else CPU; ``"cpu"`` / ``"cuda"`` / ``"cuda:N"`` checked.
-
-    The one rule every command uses for ``--device``.
-
-    Raises:
-        ConfigError: an unknown device name, or CUDA asked for where none is visible.
-    """
-    from wfvae.errors import ConfigError
-
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name}: not a device name; use auto, cpu or cuda") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {name}: only auto, cpu and cuda are supported")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {name}: no CUDA device is visible to this process "
-                              "(torch.cuda.is_available() is False); use --device cpu or --device auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices are visible")
-    return dev
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv:

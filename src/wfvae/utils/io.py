@@ -27,3 +27,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def write_json_option(path: str | Path, obj, option: str = "--json") -> Path:
+    """Write ``obj`` as JSON to the file a command-line ``option`` names (atomically, parents created).
+
+    Raises:
+        ConfigError: the file cannot be written (a folder, no permission, a read-only disk...).
+    """
+    import json
+
+    from wfvae.errors import ConfigError
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
+    except OSError as e:
+        raise ConfigError(f"{option} {path}: cannot write it ({e.strerror or e}); pass a writable file path") from e
+    return path
