@@ -80,7 +80,7 @@ def _read_records(path: Path) -> list[dict]:
         records = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path} is not a readable latents index ({e}); encode the folder again with "
-                         "`wfvae encode` (--overwrite)") from e
+                         "`wfvae encode --overwrite`") from e
     if not isinstance(records, list) or not all(isinstance(r, dict) and all(k in r for k in _RECORD_KEYS)
                                                  for r in records):
         raise InputError(f"{path} is not a latents index written by `wfvae encode` (a list of records with "

@@ -140,9 +140,9 @@ class OutputFolder:
 
     def differences(self, manifest: dict) -> list[str]:
         """Human-readable differences between ``manifest`` and this run (empty when they agree)."""
-        diffs = []
         if manifest.get("command") != self.command:
-            diffs.append(f"the folder was written by `wfvae {manifest.get('command')}`, this is `wfvae {self.command}`")
+            return [f"the folder was written by `wfvae {manifest.get('command')}`, not `wfvae {self.command}`"]
+        diffs = []
         old = manifest["settings"]
         for key in sorted(set(old) | set(self.settings)):
             if old.get(key) != self.settings.get(key):
@@ -205,8 +205,8 @@ class OutputFolder:
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise OutputError(
-                f"{self.output_option} {self.root} already holds {len(foreign)} output(s) that no "
-                f"{MANIFEST_NAME} run wrote ({shown}); they may come from another version or settings. "
+                f"{self.output_option} {self.root} already holds {len(foreign)} output(s) not written by "
+                f"`wfvae {self.command}` into this folder ({shown}); an older version or another tool made them. "
                 f"Pass --overwrite to replace them, or choose another {self.output_option}."
             )
 
