@@ -71,3 +71,12 @@ def test_bench_train_step_runs_and_cleans_up(tmp_path, tiny_config):
     result = json.loads(out.read_text())
     ours = result["medians_s"]["ours"]
     assert ours["g"] > 0 and ours["d"] > 0 and ours["step"] == pytest.approx(ours["g"] + ours["d"])
+
+
+def test_bench_ssim_agrees_with_skimage(tmp_path):
+    out = tmp_path / "ssim.json"
+    _run("bench_ssim.py", tmp_path, "--frames", "3", "--size", "32", "--repeats", "1", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert set(result["time_s"]) == {"ours", "previous", "skimage"}
+    assert result["max_abs_diff_vs_skimage_per_frame"]["ours"] < 1e-4
+    assert all(result["memory"][m]["peak_mb"] > 0 for m in result["memory"])

@@ -338,6 +338,12 @@ CASES = [
     Case("train-cuda-without-gpu", lambda w, t: [a for a in _train(w, t, "--model_config", str(TINY), "--max_steps", "1")
                                                  if a != "--check_only"] + ["--device", "cuda"],
          ["no CUDA device"], marks=[NO_CUDA]),
+    # ---------------------------------------------------------------- report, demo
+    Case("report-missing-folder", lambda w, t: ["report", str(t / "nope")], ["does not exist or is not a folder"]),
+    Case("report-negative-max-videos", lambda w, t: ["report", str(w["videos"]), "--max_videos", "-1"],
+         ["--max_videos"]),
+    Case("demo-out-is-a-file", lambda w, t: ["demo", "--out", str(w["videos"] / "a" / "c0.mp4"), "--fast"],
+         ["c0.mp4"]),
     # ---------------------------------------------------------------- the dispatcher
     Case("unknown-command", lambda w, t: ["reconstrcut"], ["unknown command", "reconstruct"]),
 ]

@@ -204,7 +204,7 @@ def test_broken_inputs_are_reported_not_fatal(tmp_path):
 
 
 def test_missing_folder_is_an_error(tmp_path, capsys):
-    assert cli.main(["report", str(tmp_path / "nope")]) == 1
+    assert cli.main(["report", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

@@ -678,12 +678,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_videos < 0 or args.max_decode < 0:
         print("wfvae report: --max_videos and --max_decode must be >= 0", file=sys.stderr)
         return 2
-    try:
-        out = build_report(args.run_dir, args.out, title=args.title, max_videos=args.max_videos,
-                           max_decode=args.max_decode)
-    except FileNotFoundError as e:
-        print(f"wfvae report: error: {e}", file=sys.stderr)
-        return 1
+    if not Path(args.run_dir).is_dir():
+        from wfvae.errors import InputError
+
+        raise InputError(f"run folder '{args.run_dir}' does not exist or is not a folder; pass a training run, "
+                         "a reconstruction folder or a folder above them")
+    out = build_report(args.run_dir, args.out, title=args.title, max_videos=args.max_videos,
+                       max_decode=args.max_decode)
     print(out)
     return 0
 
