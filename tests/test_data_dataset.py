@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+import sqlite3
 
 import pytest
 import torch
@@ -50,7 +50,7 @@ def test_messy_folder_good_and_bad_are_reported(messy_dir, tmp_path):
         assert MESSY_BAD[path] in reason, (path, reason)
     # Nothing was written into the dataset folder (the cache lives in cache_dir).
     assert not list(messy_dir.rglob("*.json")) and not list(messy_dir.rglob("*.pkl"))
-    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.sqlite"))) == 1
 
 
 def test_items_shape_range_and_rotation(messy_dir, tmp_path):
@@ -127,9 +127,9 @@ def test_cache_reuse_and_invalidation(video_dir, tmp_path):
     root = copy_tree(video_dir, tmp_path / "data")
     cache = tmp_path / "cache"
     ds = VideoFolderDataset(root, 5, resolution=32, cache_dir=cache)
-    assert ds.index_stats == {"probed": 4, "cached": 0}
+    assert ds.index_stats == {"probed": 4, "cached": 0, "trusted": 0}
     ds = VideoFolderDataset(root, 5, resolution=32, cache_dir=cache)
-    assert ds.index_stats == {"probed": 0, "cached": 4}
+    assert ds.index_stats == {"probed": 0, "cached": 4, "trusted": 0}
 
     # Replace one file by a shorter video, add one, remove one: only the new/changed are probed.
     changed = root / "video0.mp4" if (root / "video0.mp4").exists() else sorted(root.rglob("*.mp4"))[0]
@@ -140,12 +140,13 @@ def test_cache_reuse_and_invalidation(video_dir, tmp_path):
     removed_rel = removed.relative_to(root).as_posix()
     removed.unlink()
     ds = VideoFolderDataset(root, 5, resolution=32, cache_dir=cache)
-    assert ds.index_stats == {"probed": 2, "cached": 2}
+    assert ds.index_stats == {"probed": 2, "cached": 2, "trusted": 0}
     assert rel in {p for p, _ in ds.skipped}  # now too short
     paths = [v.path for v in ds.videos]
     assert "new/video0.mp4" in paths and removed_rel not in paths
-    data = json.loads(next(cache.glob("*.json")).read_text())
-    assert set(data["files"]) == {v.path for v in ds.videos} | {p for p, _ in ds.skipped}
+    with sqlite3.connect(next(cache.glob("*.sqlite"))) as db:  # the removed file's row is gone
+        stored = {row[0] for row in db.execute("SELECT path FROM files")}
+    assert stored == {v.path for v in ds.videos} | {p for p, _ in ds.skipped}
 
 
 def test_load_time_failure_is_replaced_by_next_and_counted(video_dir, tmp_path, caplog):
@@ -193,4 +194,4 @@ def test_default_cache_dir_is_outside_dataset(video_dir, tmp_path, monkeypatch):
     before = sorted(os.listdir(root))
     VideoFolderDataset(root, 5, resolution=32)
     assert sorted(os.listdir(root)) == before
-    assert list((tmp_path / "xdg" / "wfvae" / "video_index").glob("*.json"))
+    assert list((tmp_path / "xdg" / "wfvae" / "video_index").glob("*.sqlite"))

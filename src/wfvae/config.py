@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from wfvae.data.manifest import is_manifest
 from wfvae.errors import ConfigError
 
 __all__ = ["DISC_CLASS_ALIASES", "VIDEO_EXTENSIONS", "TrainConfig", "build_train_parser", "parse_train_config"]
@@ -90,7 +91,8 @@ class TrainConfig:
         "Not with --mix_precision fp16.")
 
     # ---- data -------------------------------------------------------------------------------------
-    video_path: str | None = _f(None, "Folder searched recursively for training videos.")
+    video_path: str | None = _f(None, "Folder searched recursively for training videos, or a manifest "
+                                      "(.csv/.jsonl/.parquet with a 'path' column; see wfvae data-check).")
     num_frames: int = _f(17, "Frames per training clip; must be 1 + k * temporal_compression_ratio.")
     resolution: int = _f(256, "Training clip side length in pixels; divisible by the spatial compression ratio.")
     sample_rate: int = _f(2, "Take every n-th frame when cutting training clips.")
@@ -131,7 +133,8 @@ class TrainConfig:
 
     # ---- validation -------------------------------------------------------------------------------
     eval_steps: int = _f(1000, "Validate every this many steps (and after step 1, as the original).")
-    eval_video_path: str | None = _f(None, "Folder of validation videos (validation is skipped when unset).")
+    eval_video_path: str | None = _f(None, "Folder (or manifest) of validation videos (validation is skipped "
+                                           "when unset).")
     eval_num_frames: int = _f(17, "Frames per validation clip.")
     eval_resolution: int = _f(256, "Validation clip side length (pixels, centre crop).")
     eval_sample_rate: int = _f(1, "Frame stride for validation clips.")
@@ -263,8 +266,11 @@ def _check_video_folder(flag: str, path: str | None, required: bool) -> list[str
     if path is None:
         return [f"{flag} is required."] if required else []
     p = Path(path)
+    if is_manifest(p) and not p.is_dir():
+        # rows are checked when the dataset is built (bad rows are reported and skipped)
+        return [] if p.is_file() else [f"{flag} {path!r}: manifest file not found."]
     if not p.is_dir():
-        return [f"{flag} {path!r} is not a folder."]
+        return [f"{flag} {path!r} is not a folder (nor a .csv/.jsonl/.parquet manifest)."]
     for _root, _dirs, files in os.walk(p):
         if any(name.lower().endswith(VIDEO_EXTENSIONS) for name in files):
             return []

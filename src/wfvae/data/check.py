@@ -1,9 +1,11 @@
-"""``wfvae data-check``: list every usable and every bad file of a video folder.
+"""``wfvae data-check``: list every usable and every bad file of a video folder or manifest.
 
 How to run::
 
     wfvae data-check --video_path /data/kinetics/train --num_frames 33 --sample_rate 1 \\
         --resolution 256 --json report.json
+    wfvae data-check --video_path /data/kinetics/train --num_frames 33 --write_manifest train.csv
+    wfvae data-check --video_path train.csv --num_frames 33 --verify     # trust, but check
 
 It probes every file (in parallel; results are cached, see ``--cache_dir``), applies the same
 rules as training (too short = fewer than ``num_frames * sample_rate`` decodable frames), prints
@@ -12,8 +14,12 @@ a summary and, with ``--json``, writes::
     {"videos":  [{"path": "sub/a.mp4", "frames": 120, "fps": 24.0, "width": 640, ...}, ...],
      "skipped": [{"path": "sub/b.mp4", "reason": "cannot open as a media container (...)"}, ...]}
 
-Paths are relative to ``--video_path``. Exit status: 0 if at least one video is usable,
-1 if none is, 2 for bad arguments.
+Paths are relative to ``--video_path`` (for a manifest: to the manifest's folder, or absolute).
+``--write_manifest OUT.csv`` (or ``.jsonl`` / ``.parquet``) writes the usable videos with their
+``num_frames``, ``fps``, ``height`` and ``width``, so later runs on that manifest skip probing.
+With ``--verify`` manifest rows that carry those values are probed anyway and disagreements are
+listed (``"mismatched"`` in the JSON report). Exit status: 0 if at least one video is usable,
+1 if none is, 2 for bad arguments (including an unreadable manifest).
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
+import os
 import sys
 from pathlib import Path
 
 from wfvae.data.datasets import _reason_kind
-from wfvae.data.index import build_index
+from wfvae.data.index import build_index, source_root
+from wfvae.data.manifest import is_manifest, write_manifest
 from wfvae.errors import ConfigError, InputError
 from wfvae.utils.io import write_json_option
 
@@ -34,7 +42,11 @@ logger = logging.getLogger(__name__)
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wfvae data-check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--video_path", required=True, help="dataset folder, searched recursively")
+    p.add_argument(
+        "--video_path",
+        required=True,
+        help="dataset folder (searched recursively) or manifest file (.csv, .jsonl, .parquet with a 'path' column)",
+    )
     p.add_argument("--num_frames", type=int, required=True, help="frames per training clip")
     p.add_argument("--sample_rate", type=int, default=1, help="frame interval inside a clip")
     p.add_argument(
@@ -53,6 +65,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--include_images", action="store_true", help="also check jpg/png/webp as one-frame clips")
     p.add_argument("--num_workers", type=int, default=None, help="probing threads (default: min(8, cpus))")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="probe manifest rows even when they give num_frames/fps/height/width, and list disagreements",
+    )
+    p.add_argument(
+        "--write_manifest",
+        default=None,
+        metavar="OUT.csv",
+        help="write the usable videos as a manifest (.csv, .jsonl or .parquet) that later runs can use",
+    )
     return p
 
 
@@ -66,22 +89,28 @@ def check_folder(
     cache_dir: str | None = None,
     num_workers: int | None = None,
     show_progress: bool | None = None,
+    verify: bool = False,
 ) -> dict:
-    """Probe a folder and sort its files into usable videos and skipped files.
+    """Probe a folder (or a manifest's files) and sort them into usable videos and skipped files.
 
     Returns:
         ``{"videos": [{"path", "frames", "fps", "width", "height", "rotation", "codec",
-        "pix_fmt", "header_frames", "padded", "upscaled"}], "skipped": [{"path", "reason"}]}``.
+        "pix_fmt", "header_frames", "padded", "upscaled"}], "skipped": [{"path", "reason"}],
+        "mismatched": [{"path", "reason"}], "trusted": n}``: ``trusted`` counts manifest rows
+        taken without probing.
+        Rows trusted from a manifest have empty ``codec`` / ``pix_fmt`` and rotation 0.
     """
-    entries, _ = build_index(
+    entries, stats = build_index(
         video_path,
         include_images=include_images,
         cache_dir=cache_dir,
         num_workers=num_workers,
         show_progress=show_progress,
+        verify=verify,
     )
     need = num_frames * sample_rate
     videos, skipped = [], []
+    mismatched = [{"path": e.path, "reason": e.mismatch} for e in entries if e.mismatch is not None]
     for e in entries:
         if e.info is None:
             skipped.append({"path": e.path, "reason": e.error})
@@ -99,12 +128,29 @@ def check_folder(
         for key in ("start_pts", "pts_step", "constant_rate"):  # decoder internals, not for people
             row.pop(key)
         videos.append(row)
-    return {"videos": videos, "skipped": skipped}
+    return {"videos": videos, "skipped": skipped, "mismatched": mismatched, "trusted": stats["trusted"]}
+
+
+def manifest_rows(report: dict, video_path: str, manifest_file: str) -> list[dict]:
+    """The usable videos of a report as manifest rows, paths relative to the manifest's folder
+    when the files lie inside it, absolute otherwise."""
+    root = source_root(video_path)
+    out_dir = Path(manifest_file).expanduser().absolute().parent
+    rows = []
+    for v in report["videos"]:
+        full = os.path.normpath(os.path.join(root, v["path"]))
+        rel = os.path.relpath(full, out_dir)
+        path = full if rel == os.pardir or rel.startswith(os.pardir + os.sep) else Path(rel).as_posix()
+        rows.append({"path": path, "num_frames": v["frames"], "fps": v["fps"], "height": v["height"],
+                     "width": v["width"]})
+    return rows
 
 
 def _summary(report: dict, root: str, need: int) -> str:
     videos, skipped = report["videos"], report["skipped"]
     lines = [f"{root}: {len(videos)} usable videos, {len(skipped)} skipped (a clip needs {need} frames)"]
+    if report.get("trusted"):
+        lines.append(f"  {report['trusted']} taken from the manifest without probing (--verify probes them)")
     if videos:
         frames = sorted(v["frames"] for v in videos)
         lines.append(f"  frames per video: min {frames[0]}, median {frames[len(frames) // 2]}, max {frames[-1]}")
@@ -123,6 +169,11 @@ def _summary(report: dict, root: str, need: int) -> str:
         lines.append("  skipped by reason: " + ", ".join(f"{kind}: {n}" for kind, n in counts.most_common()))
         for s in skipped:
             lines.append(f"  SKIP {s['path']}: {s['reason']}")
+    mismatched = report.get("mismatched") or []
+    if mismatched:
+        lines.append(f"  {len(mismatched)} manifest rows disagree with their files (probed values used):")
+        for m in mismatched:
+            lines.append(f"  MISMATCH {m['path']}: {m['reason']}")
     return "\n".join(lines)
 
 
@@ -131,11 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_frames < 1 or args.sample_rate < 1 or args.resolution < 1:
         raise ConfigError("--num_frames, --sample_rate and --resolution must be >= 1, got "
                           f"{args.num_frames}, {args.sample_rate}, {args.resolution}")
+    if args.write_manifest and not is_manifest(args.write_manifest):
+        raise ConfigError(f"--write_manifest {args.write_manifest!r} must end in .csv, .jsonl or .parquet")
     from wfvae.utils.logging import setup_logging
 
     setup_logging()
-    if not Path(args.video_path).is_dir():
-        raise InputError(f"--video_path {args.video_path} is not a folder; pass the dataset folder to check")
+    source = Path(args.video_path)
+    if not source.is_dir() and not (is_manifest(source) and source.is_file()):
+        raise InputError(f"--video_path {args.video_path} is not a folder nor a manifest file (.csv, .jsonl, "
+                         ".parquet); pass the dataset folder or its manifest")
     report = check_folder(
         args.video_path,
         args.num_frames,
@@ -145,12 +200,19 @@ def main(argv: list[str] | None = None) -> int:
         include_images=args.include_images,
         cache_dir=args.cache_dir,
         num_workers=args.num_workers,
-    )
+        verify=args.verify,
+    )  # a ManifestError (an InputError) reaches the command's error boundary: one line, exit 2
     if args.json_path:
         write_json_option(args.json_path, report, "--json")
     print(_summary(report, args.video_path, args.num_frames * args.sample_rate))
     if args.json_path:
         print(f"report written to {args.json_path}")
+    if args.write_manifest:
+        try:
+            write_manifest(args.write_manifest, manifest_rows(report, args.video_path, args.write_manifest))
+        except OSError as e:
+            raise InputError(f"cannot write --write_manifest {args.write_manifest}: {e}") from None
+        print(f"manifest of {len(report['videos'])} usable videos written to {args.write_manifest}")
     if not report["videos"]:
         print(f"wfvae data-check: no usable video under {args.video_path}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""``VideoFolderDataset``: every video below one folder, as fixed-length clips.
+"""``VideoFolderDataset``: every video below one folder (or listed in a manifest), as fixed-length clips.
 
 How to use::
 
@@ -15,6 +15,9 @@ How to use::
         for batch in loader:         # batch["video"]: (B, 3, 33, 256, 256) in [-1, 1]
             ...
             sampler.advance(len(batch["video"]))
+
+``video_path`` may also be a manifest file (``.csv``, ``.jsonl``, ``.parquet``; see
+:mod:`wfvae.data.manifest`): a table of paths with optional frame counts and sizes.
 
 What happens to messy folders:
 
@@ -44,7 +47,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from wfvae.data.index import build_index, discover_videos
+from wfvae.data.index import build_index, discover_videos, source_root
+from wfvae.data.manifest import is_manifest
 from wfvae.data.transforms import crop_offsets, to_model_tensor
 from wfvae.data.video_io import VideoInfo, read_video
 from wfvae.errors import VideoDecodeError
@@ -54,7 +58,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["VideoEntry", "VideoFolderDataset", "discover_videos"]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class VideoEntry:
     """A usable file of the dataset.
 
@@ -77,7 +81,8 @@ class VideoFolderDataset(Dataset):
     """Clips of ``num_frames`` frames, every ``sample_rate``-th frame, from all videos below a folder.
 
     Parameters:
-        video_path (str | PathLike): dataset folder, searched recursively.
+        video_path (str | PathLike): dataset folder, searched recursively, or a manifest file
+            (``.csv``, ``.jsonl``, ``.parquet``) whose ``path`` column lists the videos.
         num_frames (int): frames per clip.
         sample_rate (int, default 1): frame interval inside a clip (1 = consecutive frames).
         resolution (int, default 256): the short side is resized to this many pixels.
@@ -86,7 +91,7 @@ class VideoFolderDataset(Dataset):
             crop is centred.
         crop_size (int | tuple[int, int] | None, default None): crop (h, w) after resizing;
             an int is square; None means ``resolution x resolution``.
-        cache_dir (str | PathLike | None): where the probe index is cached (JSON); None means
+        cache_dir (str | PathLike | None): where the probe index is cached (SQLite); None means
             the user cache dir (see :func:`wfvae.data.index.default_cache_dir`).
         short_video_policy ("skip" | "pad", default "skip"): what to do with videos shorter
             than ``num_frames * sample_rate`` decodable frames.
@@ -99,9 +104,15 @@ class VideoFolderDataset(Dataset):
         strict (bool, default False): raise ``VideoDecodeError`` for the first bad or too-short
             file instead of skipping it.
         show_progress (bool | None): progress bar while probing; None = only on a terminal.
+        verify (bool, default False): probe manifest rows even when they carry num_frames/fps/
+            height/width, log where they disagree, and use the probed values.
+        across_ranks (bool, default False): every rank of the initialised process group builds
+            this dataset together and probes a share of the files (see
+            :func:`wfvae.data.index.build_index`).
 
     Raises:
-        FileNotFoundError: ``video_path`` is not a folder.
+        FileNotFoundError: ``video_path`` is neither a folder nor a manifest file.
+        wfvae.data.manifest.ManifestError: the manifest cannot be read.
         ValueError: no usable video (the message lists the reasons), or bad arguments.
     """
 
@@ -122,6 +133,8 @@ class VideoFolderDataset(Dataset):
         on_decode_error: Literal["next", "raise"] | None = None,
         strict: bool = False,
         show_progress: bool | None = None,
+        verify: bool = False,
+        across_ranks: bool = False,
     ) -> None:
         if num_frames < 1 or sample_rate < 1 or resolution < 1:
             raise ValueError(
@@ -142,7 +155,8 @@ class VideoFolderDataset(Dataset):
                 f"use crop_size <= resolution"
             )
 
-        self.root = Path(video_path).expanduser().absolute()
+        self.source = Path(video_path).expanduser().absolute()
+        self.root = source_root(self.source)  # entry paths are relative to this (or absolute)
         self.num_frames = int(num_frames)
         self.sample_rate = int(sample_rate)
         self.resolution = int(resolution)
@@ -159,12 +173,16 @@ class VideoFolderDataset(Dataset):
         self.min_frames = self.num_frames * self.sample_rate
 
         entries, self.index_stats = build_index(
-            self.root,
+            self.source,
             include_images=include_images,
             cache_dir=cache_dir,
             num_workers=num_probe_workers,
             show_progress=show_progress,
+            verify=verify,
+            across_ranks=across_ranks,
         )
+        if not entries and is_manifest(self.source) and not self.source.is_dir():
+            raise ValueError(f"the manifest {self.source} lists no videos")
         if not entries:
             raise ValueError(
                 f"no video files under {self.root} (looked recursively for {', '.join(sorted(_exts(include_images)))}, "
@@ -173,7 +191,10 @@ class VideoFolderDataset(Dataset):
 
         self.videos: list[VideoEntry] = []
         self.skipped: list[tuple[str, str]] = []
+        self.mismatched: list[tuple[str, str]] = []  # verify: (path, how the manifest disagrees)
         for entry in entries:
+            if entry.mismatch is not None:
+                self.mismatched.append((entry.path, entry.mismatch))
             reason = entry.error
             padded = False
             if reason is None and not entry.info.is_image and entry.info.frames < self.min_frames:
@@ -194,15 +215,20 @@ class VideoFolderDataset(Dataset):
             summary = "; ".join(f"{n} x {kind}" for kind, n in counts.most_common())
             examples = "\n".join(f"  {p}: {r}" for p, r in self.skipped[:5])
             raise ValueError(
-                f"no usable video under {self.root}: all {len(self.skipped)} files were skipped ({summary}).\n"
-                f"{examples}\nRun `wfvae data-check --video_path {self.root} --num_frames {self.num_frames} "
+                f"no usable video in {self.source}: all {len(self.skipped)} files were skipped ({summary}).\n"
+                f"{examples}\nRun `wfvae data-check --video_path {self.source} --num_frames {self.num_frames} "
                 f"--sample_rate {self.sample_rate}` for the full list."
+            )
+        if self.mismatched:
+            logger.warning(
+                "%d manifest rows disagree with their files (the probed values are used), e.g. %s: %s",
+                len(self.mismatched), *self.mismatched[0],
             )
         n_padded = sum(v.padded for v in self.videos)
         logger.info(
-            "%d usable videos under %s (%d padded by repeating the last frame), %d skipped",
+            "%d usable videos in %s (%d padded by repeating the last frame), %d skipped",
             len(self.videos),
-            self.root,
+            self.source,
             n_padded,
             len(self.skipped),
         )

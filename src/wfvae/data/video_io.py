@@ -65,7 +65,7 @@ _DECODE_ERRORS = (av.error.FFmpegError, OSError, EOFError, ValueError, IndexErro
 _GRID_TOLERANCE = 0.25
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class VideoInfo:
     """What :func:`probe_video` learned about a file. JSON-serialisable via :meth:`to_dict`.
 
@@ -81,6 +81,8 @@ class VideoInfo:
         constant_rate: timestamps lie on a regular grid, so frame index <-> timestamp is exact.
         start_pts: timestamp of frame 0, in stream time-base units.
         pts_step: timestamp distance between consecutive frames, in stream time-base units.
+            0 means unknown (values taken from a manifest): readers derive the grid from the
+            stream header.
         is_image: a still image (jpg/png/webp) treated as a one-frame clip.
     """
 
@@ -426,7 +428,7 @@ def read_video(
 
 def _grid(stream, info: VideoInfo | None) -> tuple[float, float] | None:
     """(start_pts, pts_step) for timestamp -> index mapping, or None if it cannot be trusted."""
-    if info is not None:
+    if info is not None and info.pts_step > 0:
         return (float(info.start_pts), float(info.pts_step)) if info.constant_rate else None
     if stream.codec_context.name == "gif":
         return None

@@ -48,6 +48,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from wfvae.data.manifest import is_manifest, output_key, read_manifest
 from wfvae.errors import ConfigError, InputError, UserError
 from wfvae.evaluation import metrics as M
 from wfvae.utils.output_folder import collision_free_stems
@@ -65,9 +66,9 @@ class EvalConfig:
     """Settings of one evaluation run (flat names match the CLI options)."""
 
     real_video_dir: str = ""
-    """Folder of ground-truth videos (searched recursively)."""
+    """Folder of ground-truth videos (searched recursively), or a manifest file."""
     generated_video_dir: str = ""
-    """Folder of reconstructions (searched recursively, ``origin/`` skipped)."""
+    """Folder of reconstructions (searched recursively, ``origin/`` skipped), or a manifest file."""
     metric: list[str] = field(default_factory=lambda: ["lpips"])
     """Any of psnr, ssim, lpips, fvd."""
     num_frames: int | None = 33
@@ -130,13 +131,19 @@ def scan_videos(root: str | os.PathLike, exclude: Iterable[Path] = ()) -> dict[s
     """Map ``relative/path/without/extension`` -> file for every video under ``root``.
 
     Files that differ only by extension keep it in their key (see
-    :func:`wfvae.utils.output_folder.collision_free_stems`).
+    :func:`wfvae.utils.output_folder.collision_free_stems`). ``root`` may also be a manifest
+    (``.csv``, ``.jsonl``, ``.parquet``): its rows are the videos, keyed the same way by their
+    path relative to the manifest's folder (absolute paths lose their leading ``/``, as
+    ``wfvae reconstruct`` names its outputs).
 
     Raises:
-        FileNotFoundError: ``root`` is not a directory.
-        InputError: the naming rule still gives two files one key.
+        FileNotFoundError: ``root`` is not a directory (nor a manifest).
+        InputError: the naming rule still gives two files one key; a manifest row is unusable
+            or its file is missing.
     """
     root = Path(root)
+    if is_manifest(root) and not root.is_dir():
+        return _scan_manifest(root)
     if not root.is_dir():
         raise FileNotFoundError(f"video folder '{root}' does not exist or is not a directory")
     excluded = [Path(p).resolve() for p in exclude]
@@ -149,6 +156,22 @@ def scan_videos(root: str | os.PathLike, exclude: Iterable[Path] = ()) -> dict[s
             path = here / name
             if path.suffix.lower() in exts:
                 files[path.relative_to(root).as_posix()] = path
+    stems = collision_free_stems(files)
+    return {stems[rel]: path for rel, path in sorted(files.items())}
+
+
+def _scan_manifest(file: Path) -> dict[str, Path]:
+    manifest = read_manifest(file)  # ManifestError (an InputError) when unreadable as a whole
+    problems = [f"  {label}: {reason}" for label, reason in manifest.bad]
+    files: dict[str, Path] = {}
+    for row in manifest.rows:
+        path = manifest.root / row.path
+        if not path.is_file():
+            problems.append(f"  {row.path}: file does not exist (manifest row {row.row})")
+        else:
+            files[output_key(row.path)] = path
+    if problems:
+        raise InputError(f"manifest {file} has rows that cannot be evaluated:\n" + "\n".join(problems))
     stems = collision_free_stems(files)
     return {stems[rel]: path for rel, path in sorted(files.items())}
 
@@ -166,7 +189,7 @@ def pair_videos(real_dir: str | os.PathLike, generated_dir: str | os.PathLike) -
     """
     real_dir, generated_dir = Path(real_dir), Path(generated_dir)
     skip = [generated_dir / ORIGIN_SUBDIR]
-    if real_dir.resolve().is_relative_to(generated_dir.resolve()):
+    if real_dir.is_dir() and real_dir.resolve().is_relative_to(generated_dir.resolve()):
         skip.append(real_dir)
     real = scan_videos(real_dir)
     generated = scan_videos(generated_dir, exclude=skip)
@@ -178,13 +201,16 @@ def pair_videos(real_dir: str | os.PathLike, generated_dir: str | os.PathLike) -
     only_generated = sorted(set(generated) - set(real))
     if only_real or only_generated:
         lines = ["videos without a partner (matched by relative path without extension):"]
-        lines += [f"  only in real '{real_dir}': {real[k].relative_to(real_dir)}" for k in only_real]
-        lines += [
-            f"  only in generated '{generated_dir}': {generated[k].relative_to(generated_dir)}"
-            for k in only_generated
-        ]
+        lines += [f"  only in real '{real_dir}': {_shown(real[k], real_dir)}" for k in only_real]
+        lines += [f"  only in generated '{generated_dir}': {_shown(generated[k], generated_dir)}" for k in only_generated]
         raise InputError("\n".join(lines))
     return [(k, real[k], generated[k]) for k in sorted(real)]
+
+
+def _shown(path: Path, root: Path) -> str:
+    """``path`` relative to a folder, or to a manifest's folder (absolute when outside)."""
+    base = root.parent if not root.is_dir() else root
+    return path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -449,8 +475,8 @@ def _build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     d = EvalConfig()
-    p.add_argument("--real_video_dir", required=True, help="ground-truth videos (recursive)")
-    p.add_argument("--generated_video_dir", required=True, help="reconstructions (recursive; origin/ skipped)")
+    p.add_argument("--real_video_dir", required=True, help="ground-truth videos (folder, recursive; or a manifest .csv/.jsonl/.parquet)")
+    p.add_argument("--generated_video_dir", required=True, help="reconstructions (folder, recursive, origin/ skipped; or a manifest)")
     p.add_argument("--metric", default="lpips", help=f"comma list of {', '.join(METRICS)}")
     p.add_argument("--num_frames", type=int, default=d.num_frames, help="frames per video; 0 = all")
     p.add_argument("--sample_rate", type=int, default=d.sample_rate, help="frame step on the real side")

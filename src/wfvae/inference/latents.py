@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from wfvae.data.manifest import is_manifest, output_key
 from wfvae.errors import InputError, OutputError, UnsafePathError
 from wfvae.inference.reconstruct import (
     FORMATS,
@@ -64,7 +65,7 @@ class LatentRecord:
 
     key: str            # tensor name prefix inside the shard
     shard: str          # shard file name
-    source: str         # video path relative to --video_path
+    source: str         # video path relative to --video_path (or to its manifest's folder; a row outside it: its absolute path without the leading "/")
     frames: int         # frames that were encoded
     fps: float          # frame rate of the source
     sample_rate: int    # frame interval used when reading
@@ -150,9 +151,15 @@ def encode_folder(
     from wfvae.training.distributed import all_gather_object, barrier, cleanup, init_distributed
 
     src, out_dir = Path(video_path), Path(out)
-    if not src.is_dir():
-        raise InputError(f"--video_path {video_path} is not a folder; pass the folder of videos to encode")
-    check_not_nested(src, out_dir, "--video_path", "--out")
+    if is_manifest(src) and not src.is_dir():
+        if not src.is_file():
+            raise InputError(f"--video_path {video_path}: manifest file not found")
+        # a manifest lists its videos: latents next to it are never read as inputs
+    elif not src.is_dir():
+        raise InputError(f"--video_path {video_path} is not a folder (nor a .csv/.jsonl/.parquet manifest); "
+                         "pass the folder of videos to encode or its manifest")
+    else:
+        check_not_nested(src, out_dir, "--video_path", "--out")
     if shard_size < 1:
         raise InputError(f"--shard_size must be >= 1, got {shard_size}")
     env = init_distributed(device)
@@ -161,7 +168,8 @@ def encode_folder(
         check_num_frames(model, num_frames)
         try:
             dataset = VideoFolderDataset(video_path, num_frames, sample_rate, resolution, train=False,
-                                         crop_size=crop_size, cache_dir=cache_dir, show_progress=env.is_main)
+                                         crop_size=crop_size, cache_dir=cache_dir, show_progress=env.is_main,
+                                         across_ranks=env.distributed)
         except ValueError as e:  # no usable video: the message lists the reasons
             raise InputError(f"--video_path {video_path}: {e}") from e
         folder = OutputFolder(out_dir, "encode", {
@@ -173,8 +181,11 @@ def encode_folder(
         if not overwrite and env.is_main:
             folder.check_no_foreign(p.name for p in [*out_dir.glob("index*.json"), *out_dir.glob("shard-r*.safetensors")])
         done = {r["source"] for r in read_index(out_dir)}
+        # sources are relative names: a manifest row outside the manifest's folder is named by its absolute
+        # path without the leading "/" (as reconstruct names its outputs), so decode can place it under --out
+        sources = [output_key(v.path) for v in dataset.videos]
         barrier(env)  # every rank has read the index before anyone appends to it
-        todo = [i for i in range(len(dataset)) if dataset.videos[i].path not in done][env.rank :: env.world_size]
+        todo = [i for i in range(len(dataset)) if sources[i] not in done][env.rank :: env.world_size]
         index_name = f"index-r{env.rank}.json"
         records = _read_records(out_dir / index_name) if (out_dir / index_name).is_file() else []
         referenced = {r["shard"] for r in records}
@@ -235,7 +246,7 @@ def encode_folder(
                     pending_tensors[f"{key}.{name}"] = t[0].float().contiguous().cpu()
                 info = dataset.videos[i].info
                 pending_records.append(LatentRecord(
-                    key=key, shard="", source=dataset.videos[i].path, frames=int(video.shape[2]), fps=float(info.fps),
+                    key=key, shard="", source=sources[i], frames=int(video.shape[2]), fps=float(info.fps),
                     sample_rate=sample_rate, resolution=resolution, latent_shape=list(tensors["mean"].shape[1:]),
                     model_config_hash=chash, scale_shift_applied=apply_scale_shift, has_sample=sample,
                 ))
@@ -403,7 +414,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def _encode_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wfvae encode", description="Encode a video folder into latent shards.")
-    p.add_argument("--video_path", required=True)
+    p.add_argument("--video_path", required=True, help="video folder (recursive) or manifest (.csv/.jsonl/.parquet)")
     p.add_argument("--out", required=True, help="latents folder (created; resumable)")
     _add_model_arguments(p)
     p.add_argument("--num_frames", type=int, default=33)

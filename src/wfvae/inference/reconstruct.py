@@ -7,8 +7,10 @@ How to run::
     torchrun --nproc_per_node 8 -m wfvae.inference.reconstruct ...        # sharded over processes
     wfvae reconstruct --real_video_dir clip.mp4 --generated_video_dir out --ckpt ...   # one video
     wfvae reconstruct --real_video_dir photo.png --generated_video_dir out --ckpt ...  # one image
+    wfvae reconstruct --real_video_dir val.csv --generated_video_dir out --ckpt ...    # a manifest
 
-Outputs keep the input's relative sub-path (``a/b/clip.mp4`` -> ``OUT/a/b/clip.mp4``); with
+Outputs keep the input's relative sub-path (``a/b/clip.mp4`` -> ``OUT/a/b/clip.mp4``; a manifest
+row's path relative to the manifest's folder, an absolute one without its leading ``/``); with
 ``--output_origin`` the model's exact input (same frames, resize and crop) goes to ``OUT/origin/``.
 Two inputs that differ only by extension (``a.mp4``, ``a.mkv``) keep it in their output names
 (``OUT/a.mp4.mp4``, ``OUT/a.mkv.mp4``), so no input is ever mistaken for another's output.
@@ -39,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wfvae.data.manifest import is_manifest, output_key
 from wfvae.errors import CheckpointError, ConfigError, InputError, OutputError, VideoDecodeError
 from wfvae.utils.io import atomic_write_bytes
 from wfvae.utils.output_folder import OutputFolder, check_not_nested, collision_free_stems, file_sha256
@@ -107,7 +110,7 @@ def check_num_frames(model, num_frames: int) -> None:
 @dataclass
 class ReconstructConfig:
     real_video_dir: str
-    """a folder (searched recursively), a single video file, or a single image"""
+    """a folder (searched recursively), a manifest (.csv/.jsonl/.parquet), a single video file, or an image"""
     generated_video_dir: str
     """output folder"""
     ckpt: str
@@ -327,11 +330,13 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
     out_dir = Path(cfg.generated_video_dir)
     if not src.exists():
         raise InputError(f"--real_video_dir {src} does not exist; pass a video folder, a video or an image")
-    check_not_nested(src, out_dir, "--real_video_dir", "--generated_video_dir")
+    # a manifest's outputs (named by its rows) must not land in its own folder, over its inputs
+    check_not_nested(src.parent if is_manifest(src) and src.is_file() else src, out_dir, "--real_video_dir",
+                     "--generated_video_dir")
     env = init_distributed(cfg.device)
     try:
         model = load_for_inference(cfg.ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=env.device)
-        if src.is_file():
+        if src.is_file() and not is_manifest(src):
             dataset = _SingleFile(src, cfg, model.temporal_compression_ratio)
             names = [dataset.item["path"]]
         else:
@@ -342,12 +347,13 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
                 dataset = VideoFolderDataset(
                     src, cfg.num_frames, cfg.sample_rate, cfg.resolution, train=False,
                     crop_size=cfg.crop_size, cache_dir=cfg.cache_dir, include_images=False,
-                    show_progress=env.is_main,
+                    show_progress=env.is_main, across_ranks=env.distributed,
                 )
             except ValueError as e:  # no usable video: the message lists the reasons
                 raise InputError(f"--real_video_dir {src}: {e}") from e
-            names = [v.path for v in dataset.videos]
-        stems = collision_free_stems(names + [p for p, _ in getattr(dataset, "skipped", [])])
+            # manifest rows may hold absolute paths: their outputs go under OUT by the path without its "/"
+            names = [output_key(v.path) for v in dataset.videos]
+        stems = collision_free_stems(names + [output_key(p) for p, _ in getattr(dataset, "skipped", [])])
         is_image = bool(getattr(dataset, "item", {}).get("is_image", False))
         if cfg.output_origin and any(stems[n].split("/")[0] == ORIGIN_SUBDIR for n in names):
             raise InputError(f"--real_video_dir {src} has a subfolder '{ORIGIN_SUBDIR}/', where --output_origin "

@@ -295,16 +295,10 @@ class Trainer:
         ).to(self.device)
 
         # --- data ------------------------------------------------------------------------------------
-        # The main process probes the folder first and fills the index cache; the others then read it.
-        if not env.is_main:
-            barrier(env)
-        try:
-            self.dataset = data_mod.VideoFolderDataset(
-                cfg.video_path, num_frames=cfg.num_frames, sample_rate=cfg.sample_rate, resolution=cfg.resolution,
-                train=True, seed=cfg.seed)
-        finally:
-            if env.is_main:
-                barrier(env)
+        # Every rank probes a share of the new files; rank 0 stores them and shares the merged index.
+        self.dataset = data_mod.VideoFolderDataset(
+            cfg.video_path, num_frames=cfg.num_frames, sample_rate=cfg.sample_rate, resolution=cfg.resolution,
+            train=True, seed=cfg.seed, across_ranks=env.distributed)
         self.sampler = ResumableDistributedSampler(len(self.dataset), num_replicas=env.world_size, rank=env.rank,
                                                    shuffle=True, seed=cfg.seed, drop_last=True)
         self.steps_per_epoch = self.sampler.num_samples // cfg.batch_size
@@ -377,7 +371,8 @@ class Trainer:
         cfg, env = self.cfg, self.env
         ds = data_mod.VideoFolderDataset(
             cfg.eval_video_path, num_frames=cfg.eval_num_frames, sample_rate=cfg.eval_sample_rate,
-            resolution=cfg.eval_resolution, crop_size=cfg.eval_resolution, train=False, seed=cfg.seed)
+            resolution=cfg.eval_resolution, crop_size=cfg.eval_resolution, train=False, seed=cfg.seed,
+            across_ranks=env.distributed)
         n = len(ds) if cfg.eval_subset_size == 0 else min(len(ds), cfg.eval_subset_size)
         # Each video is evaluated by exactly one rank (no padding), so none is counted twice.
         shard = list(range(n))[env.rank::env.world_size]
