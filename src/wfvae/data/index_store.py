@@ -78,6 +78,20 @@ class IndexStore:
         self._db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
+        if not self._current(source):  # only then take the write lock: readers never wait here
+            self._create(source)
+
+    def _meta(self) -> dict[str, str]:
+        try:
+            return dict(self._db.execute("SELECT key, value FROM meta"))
+        except sqlite3.OperationalError:  # no table yet
+            return {}
+
+    def _current(self, source: str) -> bool:
+        meta = self._meta()
+        return meta.get("schema") == str(SCHEMA_VERSION) and meta.get("source") == source
+
+    def _create(self, source: str) -> None:
         columns = ", ".join(f"{name} {_INFO_TYPES[name]}" for name in _INFO_FIELDS)
         with self._write():
             self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
