@@ -1,26 +1,44 @@
-"""Clips per second: wfvae's VideoFolderDataset vs a decord loader shaped like the original's.
+"""Clips per second: wfvae's VideoFolderDataset vs a decord loader shaped like the original's,
+clips/s against DataLoader workers, and the share of a training step spent decoding.
 
 How to run::
 
     pip install -e .[decord]          # optional; without decord only our numbers are printed
-    python benchmarks/bench_loader.py                       # writes test clips to a temp dir
-    python benchmarks/bench_loader.py --video_path /data/k400/val --limit 64
+    python benchmarks/bench_loader.py --json benchmarks/results/loader.json        # everything
+    python benchmarks/bench_loader.py --video_path /data/k400/val --repeats 2 --workers "" --step_configs ""
 
-Both loaders produce the same thing: a random 33-frame clip (``--num_frames``), short side
-resized to 256 (``--resolution``), 256x256 crop, float (3, T, H, W) in [-1, 1], one clip per
-video, single process, same files, same order. The decord loader follows the original
-``TrainVideoDataset``: ``decord.VideoReader(num_threads=1)`` + ``get_batch`` + torchvision
-``Resize`` (antialiased bilinear) + centre crop on float tensors.
+Part 1, loaders side by side (``--repeats`` passes, torch threads ``--threads``, one process): both
+produce the same thing: a random ``--num_frames`` clip, short side resized to ``--resolution``, a
+square crop, float (3, T, H, W) in [-1, 1], one clip per video, same files, same order. The decord
+loader follows the original ``TrainVideoDataset``: ``decord.VideoReader(num_threads=1)`` +
+``get_batch`` + torchvision ``Resize`` (antialiased bilinear) + centre crop on float tensors. The two
+loaders alternate pass by pass, so load on a shared machine hits both alike.
 
-Without ``--video_path`` the script writes H.264 (.mp4) and VP9 (.webm) clips at 640x360,
-120 frames, a key frame every 48 frames (typical of camera/web video), made with
-``make_synthetic_video`` plus light film-grain noise so they compress like footage.
+Part 2, ``--workers`` (default 0,1,2,4): our dataset in a ``torch.utils.data.DataLoader`` (batch 1,
+``--worker_passes`` passes); clips/s after the first batch (worker start-up excluded).
+
+Part 3, ``--step_configs`` (default: the tiny config and WF-VAE-L 16-channel): the time of one
+training update (the real ``Trainer``'s generator and discriminator steps, as
+``benchmarks/bench_train_step.py`` runs them) at ``--num_frames`` x ``--resolution``^2, next to the
+time to decode one clip in one process. ``decode / (decode + step)`` is the share of a step spent
+decoding when nothing overlaps (``dataset_num_worker 0``); with workers the decoding runs beside
+the step, and for configs with ``--loop_steps`` > 0 the real loop is run with the trainer's default
+workers and the time the loop waits for data is measured.
+
+Without ``--video_path`` the script writes five real files, 640x360, 120 frames, a key frame every
+48 frames (typical of camera/web video), made with ``make_synthetic_video`` plus light film-grain
+noise so they compress like footage: H.264 ``.mp4`` and ``.MP4``, VP9 ``.webm``, MJPEG ``.avi`` and
+H.264 ``.mkv``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -33,19 +51,28 @@ from wfvae.data.datasets import VideoFolderDataset
 from wfvae.data.synthetic import make_synthetic_video
 from wfvae.data.video_io import write_video
 
+ROOT = Path(__file__).resolve().parents[1]
+# name, codec (None: the extension's default), encoder options
+FILES = [
+    ("clip0.mp4", None, {"preset": "veryfast"}),
+    ("clip1.MP4", None, {"preset": "veryfast"}),
+    ("clip2.webm", "libvpx-vp9", {"deadline": "realtime", "cpu-used": "8"}),
+    ("clip3.avi", "mjpeg", None),
+    ("clip4.mkv", None, {"preset": "veryfast"}),
+]
+STEP_CONFIGS = {
+    "tiny": ROOT / "examples/configs/wfvae_tiny.json",
+    "large": ROOT / "examples/configs/wfvae-large-16chn.json",
+}
 
-def make_clips(root: Path, n: int, frames: int, height: int, width: int) -> None:
+
+def make_clips(root: Path, frames: int, height: int, width: int) -> None:
     rng = np.random.default_rng(0)
-    for i in range(n):
+    for i, (name, codec, opts) in enumerate(FILES):
         clip = make_synthetic_video(frames, height, width, seed=i).astype(np.int16)
         clip += rng.integers(-6, 7, size=clip.shape, dtype=np.int16)  # grain
         clip = np.clip(clip, 0, 255).astype(np.uint8)
-        # Fast encoder settings: only decoding is measured, and 2-core machines are slow at VP9.
-        if i % 2 == 0:
-            write_video(root / f"clip{i}.mp4", clip, fps=30, gop_size=48, options={"preset": "veryfast"})
-        else:
-            fast_vp9 = {"deadline": "realtime", "cpu-used": "8"}
-            write_video(root / f"clip{i}.webm", clip, fps=30, gop_size=48, options=fast_vp9)
+        write_video(root / name, clip, fps=30, codec=codec, gop_size=48, options=opts)
 
 
 class DecordLoader:
@@ -74,53 +101,180 @@ class DecordLoader:
         return {"video": (2.0 * video - 1.0).transpose(0, 1)}  # (C, T, H, W)
 
 
-def clips_per_second(dataset, repeats: int) -> float:
-    dataset[0]  # warm-up: imports, first file open
+def timed_pass(dataset, epoch: int) -> list[float]:
+    """Seconds per item of one pass over the dataset."""
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    times = []
+    for i in range(len(dataset)):
+        t0 = time.perf_counter()
+        assert dataset[i]["video"].shape[1] > 0
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def loader_cps(dataset, workers: int, passes: int) -> float:
+    from torch.utils.data import DataLoader
+
+    indices = [i for _ in range(passes) for i in range(len(dataset))]
+    loader = DataLoader(dataset, batch_size=1, sampler=indices, num_workers=workers)
+    it = iter(loader)
+    next(it)  # start-up (worker processes, first file) excluded
     t0 = time.perf_counter()
     n = 0
-    for r in range(repeats):
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(r)
-        for i in range(len(dataset)):
-            assert dataset[i]["video"].shape[1] > 0
-            n += 1
+    for batch in it:
+        n += batch["video"].shape[0]
     return n / (time.perf_counter() - t0)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def step_share(name: str, config: Path, args, dataset, decode_s: float, result: dict) -> None:
+    """Time training updates of ``config`` at the loader's clip size; optionally run the real loop."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_train_step as bts
+    from torch.utils.data import DataLoader
+
+    ns = argparse.Namespace(config=str(config), frames=args.num_frames, size=args.resolution, batch=1, dtype="fp32",
+                            device="cpu", disc_start=0, perceptual_weight=1.0, no_wavelet_loss=False, ema=False)
+    torch.set_num_threads(args.step_threads)
+    work = Path(tempfile.mkdtemp(prefix="bench_loader_step_"))
+    try:
+        trainer = bts.build_ours(ns, work)
+        video = dataset[0]["video"].unsqueeze(0)
+        times = {"g": [], "d": []}
+        for r in range(args.step_repeats):
+            for kind, step in (("g", 2 * r), ("d", 2 * r + 1)):
+                t0 = time.perf_counter()
+                bts.ours_step(trainer, video, step)
+                times[kind].append(time.perf_counter() - t0)
+                print(f"  {name}: {kind} update {times[kind][-1]:.2f}s", flush=True)
+        step_s = statistics.mean(times["g"] + times["d"])  # one update per batch, G and D alternating
+        entry = {"config": str(config.relative_to(ROOT)), "update_times_s": times, "update_mean_s": step_s,
+                 "decode_s": decode_s, "serial_decode_share": decode_s / (decode_s + step_s),
+                 "load": os.getloadavg()}
+        loop_steps = args.loop_steps if name == "tiny" else 0
+        if loop_steps:
+            workers = trainer.cfg.dataset_num_worker  # the training default
+            indices = [i % len(dataset) for i in range(loop_steps + 1)]
+            loader = DataLoader(dataset, batch_size=1, sampler=indices, num_workers=workers)
+            it = iter(loader)
+            batch = next(it)  # start-up excluded
+            wait = busy = 0.0
+            for step in range(loop_steps):
+                t0 = time.perf_counter()
+                bts.ours_step(trainer, batch["video"], step)
+                t1 = time.perf_counter()
+                batch = next(it)
+                t2 = time.perf_counter()
+                busy += t1 - t0
+                wait += t2 - t1
+            entry.update(loop_workers=workers, loop_steps=loop_steps, loop_wait_s=wait, loop_busy_s=busy,
+                         loop_wait_share=wait / (wait + busy))
+        trainer.close()
+        result["step_share"][name] = entry
+        print(f"{name}: update {step_s:.2f}s, decode {decode_s:.3f}s/clip -> decode share without workers "
+              f"{100 * entry['serial_decode_share']:.1f}%"
+              + (f"; real loop with {entry['loop_workers']} workers waits {100 * entry['loop_wait_share']:.1f}% "
+                 f"of {loop_steps} steps" if loop_steps else ""), flush=True)
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--video_path", default=None, help="folder of real clips (default: write test clips)")
-    p.add_argument("--num_videos", type=int, default=8, help="test clips to write when --video_path is not given")
+    p.add_argument("--video_path", default=None, help="folder (or manifest) of real clips (default: write 5 files)")
     p.add_argument("--num_frames", type=int, default=33)
     p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=2, help="passes over the clips")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (the machine's other cores stay free)")
+    p.add_argument("--repeats", type=int, default=3, help="passes over the clips, per loader")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while decoding (parts 1 and 2)")
+    p.add_argument("--workers", default="0,1,2,4", help="DataLoader worker counts for part 2 ('' to skip)")
+    p.add_argument("--worker_passes", type=int, default=4)
+    p.add_argument("--step_configs", default="tiny,large", help="configs for part 3 ('' to skip)")
+    p.add_argument("--step_threads", type=int, default=2, help="torch threads for the training updates")
+    p.add_argument("--step_repeats", type=int, default=1, help="G + D update pairs timed per config")
+    p.add_argument("--loop_steps", type=int, default=12, help="real loop steps with default workers (tiny only)")
+    p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    result: dict = {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "python": platform.python_version(), "load_start": os.getloadavg(),
+                    "setup": f"{args.num_frames} frames at {args.resolution}x{args.resolution}, "
+                             f"{args.repeats} passes, torch threads {args.threads}"}
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.video_path) if args.video_path else Path(tmp) / "clips"
         if not args.video_path:
             t0 = time.perf_counter()
-            make_clips(root, args.num_videos, 120, 360, 640)
-            took = time.perf_counter() - t0
-            print(f"wrote {args.num_videos} test clips (H.264 + VP9, 640x360, 120 frames, GOP 48) in {took:.1f}s")
+            make_clips(root, 120, 360, 640)
+            print(f"wrote {len(FILES)} test clips (640x360, 120 frames, GOP 48) in {time.perf_counter() - t0:.1f}s")
         ours = VideoFolderDataset(root, args.num_frames, resolution=args.resolution, cache_dir=Path(tmp) / "cache")
-        paths = [root / v.path for v in ours.videos]
-        setup = f"{args.num_frames} frames at {args.resolution}, {args.repeats} passes, torch threads {args.threads}"
-        print(f"{len(paths)} videos, {setup}")
+        paths = [ours.root / v.path for v in ours.videos]
+        result["files"] = [{"file": Path(v.path).name, "codec": v.info.codec, "pix_fmt": v.info.pix_fmt,
+                            "size": f"{v.info.width}x{v.info.height}", "frames": v.info.frames,
+                            "bytes": (ours.root / v.path).stat().st_size} for v in ours.videos]
+        print(f"{len(paths)} videos, {result['setup']}; {result['cpu']}, load {os.getloadavg()}")
 
-        ours_cps = clips_per_second(ours, args.repeats)
-        print(f"wfvae (PyAV, seek + swscale resize): {ours_cps:7.2f} clips/s")
         try:
             import decord  # noqa: F401
+
+            decord_ds = DecordLoader(paths, args.num_frames, args.resolution)
         except ImportError:
-            print("decord is not installed (pip install -e .[decord]); no comparison, only our numbers above")
-            return 0
+            decord_ds = None
+            print("decord is not installed (pip install -e .[decord]); no comparison, only our numbers")
+        ours[0]
+        if decord_ds is not None:
+            decord_ds[0]  # warm-up: imports, first file open
         random.seed(0)
-        dec_cps = clips_per_second(DecordLoader(paths, args.num_frames, args.resolution), args.repeats)
-        print(f"decord (original-style loader):      {dec_cps:7.2f} clips/s")
-        print(f"ratio wfvae / decord: {ours_cps / dec_cps:.2f}x (target >= 1.5x)")
+        per = {"wfvae": [], "decord": []}
+        for r in range(args.repeats):  # alternate pass by pass
+            per["wfvae"].append(timed_pass(ours, r))
+            if decord_ds is not None:
+                per["decord"].append(timed_pass(decord_ds, r))
+        table = {}
+        for name, passes in per.items():
+            if not passes:
+                continue
+            total = sum(sum(p) for p in passes)
+            table[name] = {"clips_per_s": len(paths) * len(passes) / total,
+                           "per_file_s": [statistics.mean(p[i] for p in passes) for i in range(len(paths))]}
+            print(f"{name:7s}: {table[name]['clips_per_s']:6.2f} clips/s; per file (s): "
+                  + ", ".join(f"{Path(q).name} {t:.3f}" for q, t in zip(paths, table[name]["per_file_s"])))
+        if "decord" in table:
+            ratio = table["wfvae"]["clips_per_s"] / table["decord"]["clips_per_s"]
+            table["ratio"] = ratio
+            print(f"ratio wfvae / decord: {ratio:.2f}x")
+        result["loaders"] = table
+        result["load_after_loaders"] = os.getloadavg()
+
+        result["workers"] = {}
+        for w in [int(x) for x in args.workers.split(",") if x.strip()]:
+            cps = loader_cps(ours, w, args.worker_passes)
+            result["workers"][w] = cps
+            print(f"DataLoader num_workers={w}: {cps:6.2f} clips/s (load {os.getloadavg()[0]:.1f})", flush=True)
+
+        result["step_share"] = {}
+        decode_s = statistics.mean(t for p in per["wfvae"] for t in p)
+        for name in [n.strip() for n in args.step_configs.split(",") if n.strip()]:
+            config = STEP_CONFIGS.get(name, Path(name))
+            try:
+                step_share(name, Path(config).resolve(), args, ours, decode_s, result)
+            except (RuntimeError, MemoryError) as e:  # e.g. not enough memory for WF-VAE-L's backward
+                result["step_share"][name] = {"error": str(e)[:500]}
+                print(f"{name}: could not run a training update: {str(e)[:300]}", flush=True)
+        result["load_end"] = os.getloadavg()
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

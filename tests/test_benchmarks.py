@@ -80,3 +80,12 @@ def test_bench_ssim_agrees_with_skimage(tmp_path):
     assert set(result["time_s"]) == {"ours", "previous", "skimage"}
     assert result["max_abs_diff_vs_skimage_per_frame"]["ours"] < 1e-4
     assert all(result["memory"][m]["peak_mb"] > 0 for m in result["memory"])
+
+
+def test_bench_index_runs_and_cleans_up(tmp_path):
+    out = tmp_path / "index.json"
+    proc = _run("bench_index.py", tmp_path, "--num_files", "400", "--cold_files", "40", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["changed"]["stats"] == {"probed": 4, "cached": 396, "trusted": 0}
+    assert all(w["stats"]["cached"] == 400 for w in result["warm"]) and result["warm_dataset"]["videos"] == 400
+    assert result["cold"]["stats"]["probed"] == 40 and "cold probe" in proc.stdout

@@ -16,7 +16,7 @@ from conftest import copy_tree
 from train_utils import free_port, subprocess_env
 from wfvae.data import index as index_mod
 from wfvae.data.index import build_index, scan_folder, store_path
-from wfvae.data.index_store import IndexStore, StoredFile
+from wfvae.data.index_store import IndexStore, make_row, row_info
 from wfvae.data.video_io import VideoInfo
 
 
@@ -90,16 +90,17 @@ def test_readers_work_while_a_writer_holds_the_lock(tmp_path):
     path = tmp_path / "store.sqlite"
     info = VideoInfo(frames=5, fps=24.0, width=8, height=6, codec="h264")
     with IndexStore(path, "/data") as store:
-        store.put([("a.mp4", StoredFile(10, 1, info, None)), ("b.mp4", StoredFile(3, 2, None, "empty"))])
+        store.put([make_row("a.mp4", 10, 1, info, None), make_row("b.mp4", 3, 2, None, "empty")])
         writer = sqlite3.connect(str(path), isolation_level=None)
         writer.execute("BEGIN IMMEDIATE")  # another process is in the middle of writing
         writer.execute("INSERT OR REPLACE INTO files (path, size, mtime_ns, error) VALUES ('c.mp4', 1, 1, 'x')")
         with IndexStore(path, "/data", timeout_s=0.2) as reader:  # WAL: reading does not wait
             rows = reader.load()
             assert set(rows) == {"a.mp4", "b.mp4"}
-            assert rows["a.mp4"].info == info and rows["b.mp4"].error == "empty"
+            assert row_info(rows["a.mp4"]) == info and row_info(rows["b.mp4"]) is None
+            assert rows["b.mp4"][-1] == "empty" and rows["a.mp4"][1:3] == (10, 1)
             with pytest.raises(sqlite3.OperationalError, match="locked"):  # a second writer waits, then fails
-                reader.put([("d.mp4", StoredFile(1, 1, None, "x"))])
+                reader.put([make_row("d.mp4", 1, 1, None, "x")])
         writer.execute("COMMIT")
         writer.close()
         assert set(store.load()) == {"a.mp4", "b.mp4", "c.mp4"}

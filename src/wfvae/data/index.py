@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from wfvae.data.index_store import IndexStore, StoredFile
+from wfvae.data.index_store import IndexStore, Row, make_row, row_info
 from wfvae.data.manifest import Manifest, ManifestRow, is_manifest, read_manifest
 from wfvae.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoInfo, is_image_path, probe_video
 from wfvae.errors import VideoDecodeError
@@ -110,7 +110,8 @@ def scan_folder(root: str | os.PathLike, include_images: bool = False) -> tuple[
                             seen_dirs.add(real)
                             stack.append((f"{prefix}{name}/", entry.path))
                         continue
-                    if os.path.splitext(name)[1].lower() not in exts or not entry.is_file():
+                    dot = name.rfind(".")
+                    if dot <= 0 or name[dot:].lower() not in exts or not entry.is_file():
                         continue
                     st = entry.stat()
                 except OSError as e:
@@ -231,19 +232,18 @@ def _distributed() -> _Ranks | None:
 
 @dataclasses.dataclass
 class _Plan:
-    """What rank 0 found: files in order, and those that need probing."""
+    """What rank 0 found: files in order, what the store or the manifest already knows, what needs probing."""
 
     keys: list[str]
-    stamps: dict[str, tuple[int, int]]
-    records: dict[str, StoredFile]
-    todo: list[tuple[str, str]]  # (key, absolute path)
+    records: dict[str, Row]  # from the store, then new probe results
+    trusted: dict[str, VideoInfo]  # manifest rows taken as written
+    todo: list[tuple[str, str, int, int]]  # (key, absolute path, size, mtime_ns)
     bad: list[IndexEntry]
     rows: dict[str, ManifestRow]
-    trusted: int
     stale: list[str]
 
 
-def _plan(source: Path, include_images: bool, verify: bool, cached: dict[str, StoredFile]) -> _Plan:
+def _plan(source: Path, include_images: bool, verify: bool, cached: dict[str, Row]) -> _Plan:
     root = source_root(source)
     bad: list[IndexEntry] = []
     rows: dict[str, ManifestRow] = {}
@@ -274,23 +274,23 @@ def _plan(source: Path, include_images: bool, verify: bool, cached: dict[str, St
         bad += [IndexEntry(rel, error=reason) for rel, reason in errors]
 
     keys = [key for key, _, _ in listed]
-    stamps = {key: (size, mtime) for key, size, mtime in listed}
-    records: dict[str, StoredFile] = {}
-    todo: list[tuple[str, str]] = []
-    trusted = 0
+    records: dict[str, Row] = {}
+    trusted: dict[str, VideoInfo] = {}
+    todo: list[tuple[str, str, int, int]] = []
+    root_str = str(root)
     for key, size, mtime in listed:
-        row = rows.get(key)
-        if row is not None and row.trusted and not verify:
-            records[key] = StoredFile(size, mtime, _trusted_info(row), None)
-            trusted += 1
-            continue
+        if rows:
+            row = rows.get(key)
+            if row is not None and row.trusted and not verify:
+                trusted[key] = _trusted_info(row)
+                continue
         old = cached.get(key)
-        if old is not None and old.size == size and old.mtime_ns == mtime:
+        if old is not None and old[1] == size and old[2] == mtime:
             records[key] = old
         else:
-            todo.append((key, os.path.join(root, key)))
-    stale = [key for key in cached if key not in stamps]
-    return _Plan(keys, stamps, records, todo, bad, rows, trusted, stale)
+            todo.append((key, os.path.join(root_str, key), size, mtime))
+    stale = [key for key in cached.keys() - set(keys)] if len(cached) != len(records) else []
+    return _Plan(keys, records, trusted, todo, bad, rows, stale)
 
 
 def _probe_many(paths: list[str], workers: int) -> list[tuple[VideoInfo | None, str | None]]:
@@ -309,7 +309,7 @@ def _open_store(source: Path, cache_dir) -> IndexStore | None:
         return None
 
 
-def _store_put(store: IndexStore | None, rows: list[tuple[str, StoredFile]]) -> IndexStore | None:
+def _store_put(store: IndexStore | None, rows: list[Row]) -> IndexStore | None:
     if store is None or not rows:
         return store
     try:
@@ -399,7 +399,7 @@ def build_index(
         for start in range(0, len(todo), per_round):
             chunk = todo[start : start + per_round]
             mine = chunk[ranks.rank :: ranks.world] if ranks else chunk
-            results = _probe_many([full for _, full in mine], workers)
+            results = _probe_many([item[1] for item in mine], workers)
             if ranks is not None:
                 parts = ranks.gather(results)
                 if not is_main:
@@ -408,11 +408,10 @@ def build_index(
                 for r, part in enumerate(parts):
                     results[r :: ranks.world] = part
             new_rows = []
-            for (key, _), (info, error) in zip(chunk, results, strict=True):
-                size, mtime = plan.stamps[key]
-                rec = StoredFile(size, mtime, info, error)
-                plan.records[key] = rec
-                new_rows.append((key, rec))
+            for (key, _, size, mtime), (info, error) in zip(chunk, results, strict=True):
+                row = make_row(key, size, mtime, info, error)
+                plan.records[key] = row
+                new_rows.append(row)
             store = _store_put(store, new_rows)
             bar.update(len(chunk))
     finally:
@@ -432,19 +431,23 @@ def build_index(
 
     entries: list[IndexEntry] = []
     mismatches = 0
+    records, trusted = plan.records, plan.trusted
     for key in plan.keys:
-        rec = plan.records[key]
-        if rec.info is None:
-            entries.append(IndexEntry(key, error=rec.error or "unknown error"))
+        row = records.get(key)
+        if row is None:
+            entries.append(IndexEntry(key, trusted[key]))
             continue
-        entry = IndexEntry(key, info=rec.info)
-        row = plan.rows.get(key)
-        if verify and row is not None:
-            entry.mismatch = _disagreement(row, rec.info)
+        info = row_info(row)
+        if info is None:
+            entries.append(IndexEntry(key, None, row[-1] or "unknown error"))
+            continue
+        entry = IndexEntry(key, info)
+        if verify and key in plan.rows:
+            entry.mismatch = _disagreement(plan.rows[key], info)
             mismatches += entry.mismatch is not None
         entries.append(entry)
     entries += plan.bad
-    stats = {"probed": len(todo), "cached": len(plan.keys) - len(todo) - plan.trusted, "trusted": plan.trusted}
+    stats = {"probed": len(todo), "cached": len(plan.keys) - len(todo) - len(trusted), "trusted": len(trusted)}
     if verify:
         stats["mismatched"] = mismatches
     logger.info(

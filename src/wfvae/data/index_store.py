@@ -31,7 +31,7 @@ from wfvae.data.video_io import VideoInfo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IndexStore", "StoredFile", "SCHEMA_VERSION"]
+__all__ = ["IndexStore", "Row", "SCHEMA_VERSION", "make_row", "row_info"]
 
 # Bump when probe_video's results change meaning or the table changes: older stores are emptied.
 SCHEMA_VERSION = 2
@@ -42,23 +42,33 @@ _INFO_TYPES = {"frames": "INTEGER", "fps": "REAL", "width": "INTEGER", "height":
                "start_pts": "INTEGER", "pts_step": "REAL", "is_image": "INTEGER"}
 _BOOL_FIELDS = frozenset({"constant_rate", "is_image"})
 _COLUMNS = ("path", "size", "mtime_ns", *_INFO_FIELDS, "error")
+# row_info indexes rows by position: fail at import if VideoInfo's fields ever move
+assert _COLUMNS[3:] == ("frames", "fps", "width", "height", "rotation", "codec", "pix_fmt", "header_frames",
+                        "constant_rate", "start_pts", "pts_step", "is_image", "error")
 
 
-@dataclasses.dataclass(slots=True)
-class StoredFile:
-    """One row: a file's stamp and its probe result (``info``) or the reason it is bad (``error``)."""
-
-    size: int
-    mtime_ns: int
-    info: VideoInfo | None
-    error: str | None
+# A row, as stored and as returned by IndexStore.load:
+# (path, size, mtime_ns, <the VideoInfo fields in their declared order>, error)
+Row = tuple
+_N_INFO = len(_INFO_FIELDS)
 
 
-def _info_from_row(values: tuple) -> VideoInfo:
-    info = VideoInfo(*values)
-    info.constant_rate = bool(info.constant_rate)
-    info.is_image = bool(info.is_image)
-    return info
+def make_row(path: str, size: int, mtime_ns: int, info: VideoInfo | None, error: str | None) -> Row:
+    """A store row for one file: its stamp and its probe result or the reason it is bad."""
+    if info is None:
+        return (path, size, mtime_ns, *((None,) * _N_INFO), error)
+    values = dataclasses.astuple(info)
+    return (path, size, mtime_ns, *(int(v) if name in _BOOL_FIELDS else v for name, v in zip(_INFO_FIELDS, values)),
+            None)
+
+
+def row_info(row: Row) -> VideoInfo | None:
+    """The probe result of a row (None for a bad file). Written out field by field: this runs once
+    per file on every start, so it avoids slicing and generic conversion."""
+    if row[15] is not None:
+        return None
+    return VideoInfo(row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10], row[11] == 1, row[12],
+                     row[13], row[14] == 1)
 
 
 class IndexStore:
@@ -113,26 +123,14 @@ class IndexStore:
     def _write(self):
         return _Transaction(self._db)
 
-    def load(self) -> dict[str, StoredFile]:
-        """Every row, keyed by path."""
-        out: dict[str, StoredFile] = {}
-        n_info = len(_INFO_FIELDS)
-        for row in self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM files"):
-            error = row[-1]
-            info = None if error is not None else _info_from_row(row[3 : 3 + n_info])
-            out[row[0]] = StoredFile(row[1], row[2], info, error)
-        return out
+    def load(self) -> dict[str, Row]:
+        """Every row (see :func:`make_row`), keyed by path."""
+        rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM files").fetchall()
+        return {row[0]: row for row in rows}
 
-    def put(self, rows: Iterable[tuple[str, StoredFile]]) -> int:
-        """Insert or replace rows in one transaction; returns how many."""
-        values = []
-        for path, rec in rows:
-            if rec.info is not None:
-                info = tuple(getattr(rec.info, name) for name in _INFO_FIELDS)
-                info = tuple(int(v) if name in _BOOL_FIELDS else v for name, v in zip(_INFO_FIELDS, info))
-            else:
-                info = (None,) * len(_INFO_FIELDS)
-            values.append((path, rec.size, rec.mtime_ns, *info, rec.error))
+    def put(self, rows: Iterable[Row]) -> int:
+        """Insert or replace rows (see :func:`make_row`) in one transaction; returns how many."""
+        values = list(rows)
         if values:
             marks = ", ".join("?" * len(_COLUMNS))
             with self._write():
