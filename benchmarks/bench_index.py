@@ -43,6 +43,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -169,6 +170,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write all numbers here")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    # a kill (SIGTERM) still runs the clean-up of the scratch folders below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args._child:
         print(json.dumps(child(args._child, args)))
         return 0

@@ -19,11 +19,13 @@ Part 2, ``--workers`` (default 0,1,2,4): our dataset in a ``torch.utils.data.Dat
 
 Part 3, ``--step_configs`` (default: the tiny config and WF-VAE-L 16-channel): the time of one
 training update (the real ``Trainer``'s generator and discriminator steps, as
-``benchmarks/bench_train_step.py`` runs them) at ``--num_frames`` x ``--resolution``^2, next to the
-time to decode one clip in one process. ``decode / (decode + step)`` is the share of a step spent
-decoding when nothing overlaps (``dataset_num_worker 0``); with workers the decoding runs beside
-the step, and for configs with ``--loop_steps`` > 0 the real loop is run with the trainer's default
-workers and the time the loop waits for data is measured.
+``benchmarks/bench_train_step.py`` runs them) at ``--step_frames`` x ``--step_size``^2 (default
+9x64x64: a WF-VAE-L update at 33x256x256 takes over an hour on a 2-core CPU), next to the time to
+decode one clip in one process, at that size and at the loader's size. ``decode / (decode +
+update)`` is the share of a step spent decoding when nothing overlaps (``dataset_num_worker 0``);
+with the loader's clip size it is an upper bound, since the update grows with the clip and the
+decoding mostly does not. For the tiny config the real loop also runs ``--loop_steps`` steps with
+the trainer's default workers and measures the time it waits for data.
 
 Without ``--video_path`` the script writes five real files, 640x360, 120 frames, a key frame every
 48 frames (typical of camera/web video), made with ``make_synthetic_video`` plus light film-grain
@@ -38,6 +40,8 @@ import json
 import os
 import platform
 import random
+import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -137,19 +141,21 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def step_share(name: str, config: Path, args, dataset, decode_s: float, result: dict) -> None:
-    """Time training updates of ``config`` at the loader's clip size; optionally run the real loop."""
+def step_share(name: str, config: Path, args, root: Path, cache: Path, decode_s: float, result: dict) -> None:
+    """Time training updates of ``config`` at ``--step_frames`` x ``--step_size``^2; run the real loop."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    import bench_train_step as bts
+    import bench_train_step as bts  # the sibling benchmark's trainer set-up (benchmarks/ is not a package)
     from torch.utils.data import DataLoader
 
-    ns = argparse.Namespace(config=str(config), frames=args.num_frames, size=args.resolution, batch=1, dtype="fp32",
+    frames, size = args.step_frames, args.step_size
+    ns = argparse.Namespace(config=str(config), frames=frames, size=size, batch=1, dtype="fp32",
                             device="cpu", disc_start=0, perceptual_weight=1.0, no_wavelet_loss=False, ema=False)
     torch.set_num_threads(args.step_threads)
+    small = VideoFolderDataset(root, frames, resolution=size, cache_dir=cache)  # clips of the step's size
     work = Path(tempfile.mkdtemp(prefix="bench_loader_step_"))
     try:
         trainer = bts.build_ours(ns, work)
-        video = dataset[0]["video"].unsqueeze(0)
+        video = small[0]["video"].unsqueeze(0)
         times = {"g": [], "d": []}
         for r in range(args.step_repeats):
             for kind, step in (("g", 2 * r), ("d", 2 * r + 1)):
@@ -158,18 +164,20 @@ def step_share(name: str, config: Path, args, dataset, decode_s: float, result: 
                 times[kind].append(time.perf_counter() - t0)
                 print(f"  {name}: {kind} update {times[kind][-1]:.2f}s", flush=True)
         step_s = statistics.mean(times["g"] + times["d"])  # one update per batch, G and D alternating
-        entry = {"config": str(config.relative_to(ROOT)), "update_times_s": times, "update_mean_s": step_s,
-                 "decode_s": decode_s, "serial_decode_share": decode_s / (decode_s + step_s),
-                 "load": os.getloadavg()}
-        loop_steps = args.loop_steps if name == "tiny" else 0
-        if loop_steps:
+        small_decode = statistics.mean(timed_pass(small, 0))
+        entry = {"config": str(config.relative_to(ROOT)), "step_input": f"{frames}x{size}x{size}",
+                 "update_times_s": times, "update_mean_s": step_s,
+                 "decode_s_at_step_size": small_decode, "decode_s_at_loader_size": decode_s,
+                 "serial_share_step_size": small_decode / (small_decode + step_s),
+                 "serial_share_bound_loader_size": decode_s / (decode_s + step_s), "load": os.getloadavg()}
+        if args.loop_steps and name == "tiny":
             workers = trainer.cfg.dataset_num_worker  # the training default
-            indices = [i % len(dataset) for i in range(loop_steps + 1)]
-            loader = DataLoader(dataset, batch_size=1, sampler=indices, num_workers=workers)
+            indices = [i % len(small) for i in range(args.loop_steps + 1)]
+            loader = DataLoader(small, batch_size=1, sampler=indices, num_workers=workers)
             it = iter(loader)
             batch = next(it)  # start-up excluded
             wait = busy = 0.0
-            for step in range(loop_steps):
+            for step in range(args.loop_steps):
                 t0 = time.perf_counter()
                 bts.ours_step(trainer, batch["video"], step)
                 t1 = time.perf_counter()
@@ -177,17 +185,17 @@ def step_share(name: str, config: Path, args, dataset, decode_s: float, result: 
                 t2 = time.perf_counter()
                 busy += t1 - t0
                 wait += t2 - t1
-            entry.update(loop_workers=workers, loop_steps=loop_steps, loop_wait_s=wait, loop_busy_s=busy,
+            entry.update(loop_workers=workers, loop_steps=args.loop_steps, loop_wait_s=wait, loop_busy_s=busy,
                          loop_wait_share=wait / (wait + busy))
         trainer.close()
         result["step_share"][name] = entry
-        print(f"{name}: update {step_s:.2f}s, decode {decode_s:.3f}s/clip -> decode share without workers "
-              f"{100 * entry['serial_decode_share']:.1f}%"
-              + (f"; real loop with {entry['loop_workers']} workers waits {100 * entry['loop_wait_share']:.1f}% "
-                 f"of {loop_steps} steps" if loop_steps else ""), flush=True)
+        print(f"{name}: update {step_s:.2f}s at {entry['step_input']}; decode {small_decode:.3f}s/clip there "
+              f"({100 * entry['serial_share_step_size']:.2f}% without workers), {decode_s:.3f}s/clip at the "
+              f"loader size ({100 * entry['serial_share_bound_loader_size']:.2f}% of this update: an upper bound, "
+              f"the update itself is longer at that size)"
+              + (f"; real loop with {entry['loop_workers']} workers waited {100 * entry['loop_wait_share']:.2f}% "
+                 f"of {args.loop_steps} steps" if "loop_wait_share" in entry else ""), flush=True)
     finally:
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -203,9 +211,13 @@ def main(argv=None) -> int:
     p.add_argument("--step_configs", default="tiny,large", help="configs for part 3 ('' to skip)")
     p.add_argument("--step_threads", type=int, default=2, help="torch threads for the training updates")
     p.add_argument("--step_repeats", type=int, default=1, help="G + D update pairs timed per config")
-    p.add_argument("--loop_steps", type=int, default=12, help="real loop steps with default workers (tiny only)")
+    p.add_argument("--loop_steps", type=int, default=6, help="real loop steps with default workers (tiny only)")
+    p.add_argument("--step_frames", type=int, default=9, help="clip length of the timed training updates")
+    p.add_argument("--step_size", type=int, default=64, help="clip size of the timed training updates")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    # a kill (SIGTERM) still runs the clean-up of the scratch folders below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     torch.set_num_threads(args.threads)
     result: dict = {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "python": platform.python_version(), "load_start": os.getloadavg(),
@@ -267,11 +279,7 @@ def main(argv=None) -> int:
         decode_s = statistics.mean(t for p in per["wfvae"] for t in p)
         for name in [n.strip() for n in args.step_configs.split(",") if n.strip()]:
             config = STEP_CONFIGS.get(name, Path(name))
-            try:
-                step_share(name, Path(config).resolve(), args, ours, decode_s, result)
-            except (RuntimeError, MemoryError) as e:  # e.g. not enough memory for WF-VAE-L's backward
-                result["step_share"][name] = {"error": str(e)[:500]}
-                print(f"{name}: could not run a training update: {str(e)[:300]}", flush=True)
+            step_share(name, Path(config).resolve(), args, root, Path(tmp) / "cache", decode_s, result)
         result["load_end"] = os.getloadavg()
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

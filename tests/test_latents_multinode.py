@@ -1,0 +1,85 @@
+"""``wfvae encode`` under torchrun on a manifest: 2 gloo ranks, one killed midway, a rerun completes
+with every video exactly once and every record pointing at a tensor that exists."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from train_utils import TINY_WFVAE, free_port, subprocess_env
+from wfvae.data.manifest import write_manifest
+from wfvae.data.synthetic import make_synthetic_video
+from wfvae.data.video_io import write_video
+from wfvae.inference.latents import read_index
+
+N_VIDEOS = 8
+
+
+def _torchrun(script, tmp_path, *args, **env) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(free_port()), str(script), *map(str, args)]
+    return subprocess.run(cmd, env={**subprocess_env(), **env}, capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_encode_two_ranks_killed_midway_then_resumed(tmp_path):
+    from wfvae.models import build_model
+
+    data = tmp_path / "data"
+    for i in range(N_VIDEOS):
+        write_video(data / f"g{i % 3}" / f"v{i}.mp4", make_synthetic_video(9, 32, 32, seed=i), fps=12)
+    manifest = write_manifest(tmp_path / "train.jsonl",
+                              [{"path": f"data/g{i % 3}/v{i}.mp4", "num_frames": 9, "fps": 12, "height": 32,
+                                "width": 32} for i in range(N_VIDEOS)])
+    torch.manual_seed(0)
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY_WFVAE))
+    build_model(cfg).save_pretrained(tmp_path / "model")
+    out = tmp_path / "lat"
+    encode = ["encode", "--video_path", manifest, "--ckpt", tmp_path / "model", "--out", out, "--num_frames", "9",
+              "--resolution", "32", "--device", "cpu", "--shard_size", "1", "--cache_dir", tmp_path / "cache"]
+
+    # Rank 1 is killed (SIGKILL, no clean-up) right after its second shard is on disk.
+    script = tmp_path / "encode_with_fault.py"
+    script.write_text(textwrap.dedent("""
+        import os, signal, sys
+        from wfvae.inference import latents
+        from wfvae.utils import io
+
+        rank = int(os.environ["RANK"])
+        kill_after = int(os.environ.get("KILL_RANK1_AFTER_SHARDS", "0"))
+        written = []
+        real = io.atomic_write_bytes
+
+        def watched(path, data):  # the test's fault: rank 1 dies after writing N shards
+            real(path, data)
+            if rank == 1 and kill_after and str(path).endswith(".safetensors"):
+                written.append(path)
+                if len(written) == kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        latents.atomic_write_bytes = watched
+        sys.exit(latents.main(sys.argv[1:]))
+    """))
+    first = _torchrun(script, tmp_path, *encode, KILL_RANK1_AFTER_SHARDS="2")
+    assert first.returncode != 0, "the killed run should fail"
+    partial = read_index(out)
+    assert 0 < len(partial) < N_VIDEOS, [r["source"] for r in partial]
+
+    second = _torchrun(script, tmp_path, *encode)
+    assert second.returncode == 0, second.stderr[-3000:]
+    records = json.loads((out / "index.json").read_text())
+    sources = [r["source"] for r in records]
+    assert sorted(sources) == sorted(f"data/g{i % 3}/v{i}.mp4" for i in range(N_VIDEOS))  # no gaps, no duplicates
+    assert {r["key"] for r in partial} <= {r["key"] for r in records}  # finished work was kept, not redone
+    assert {r["shard"].split("-")[1] for r in records} == {"r0", "r1"}  # both ranks wrote shards
+    for r in records:
+        with safe_open(str(out / r["shard"]), framework="pt") as f:
+            assert f.get_tensor(f"{r['key']}.mean").shape[0] == TINY_WFVAE["latent_dim"]
