@@ -25,7 +25,7 @@ decode one clip in one process, at that size and at the loader's size. ``decode 
 update)`` is the share of a step spent decoding when nothing overlaps (``dataset_num_worker 0``);
 with the loader's clip size it is an upper bound, since the update grows with the clip and the
 decoding mostly does not. For the tiny config the real loop also runs ``--loop_steps`` steps with
-the trainer's default workers and measures the time it waits for data.
+``--loop_workers`` (default 4, training's default) and measures the time it waits for data.
 
 Without ``--video_path`` the script writes five real files, 640x360, 120 frames, a key frame every
 48 frames (typical of camera/web video), made with ``make_synthetic_video`` plus light film-grain
@@ -171,7 +171,7 @@ def step_share(name: str, config: Path, args, root: Path, cache: Path, decode_s:
                  "serial_share_step_size": small_decode / (small_decode + step_s),
                  "serial_share_bound_loader_size": decode_s / (decode_s + step_s), "load": os.getloadavg()}
         if args.loop_steps and name == "tiny":
-            workers = trainer.cfg.dataset_num_worker  # the training default
+            workers = args.loop_workers
             indices = [i % len(small) for i in range(args.loop_steps + 1)]
             loader = DataLoader(small, batch_size=1, sampler=indices, num_workers=workers)
             it = iter(loader)
@@ -211,7 +211,9 @@ def main(argv=None) -> int:
     p.add_argument("--step_configs", default="tiny,large", help="configs for part 3 ('' to skip)")
     p.add_argument("--step_threads", type=int, default=2, help="torch threads for the training updates")
     p.add_argument("--step_repeats", type=int, default=1, help="G + D update pairs timed per config")
-    p.add_argument("--loop_steps", type=int, default=6, help="real loop steps with default workers (tiny only)")
+    p.add_argument("--loop_steps", type=int, default=6, help="real loop steps with --loop_workers (tiny only)")
+    p.add_argument("--loop_workers", type=int, default=4, help="DataLoader workers of the real loop (training's "
+                                                                  "default --dataset_num_worker)")
     p.add_argument("--step_frames", type=int, default=9, help="clip length of the timed training updates")
     p.add_argument("--step_size", type=int, default=64, help="clip size of the timed training updates")
     p.add_argument("--json", default=None)
