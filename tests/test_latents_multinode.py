@@ -51,21 +51,20 @@ def test_encode_two_ranks_killed_midway_then_resumed(tmp_path):
     script.write_text(textwrap.dedent("""
         import os, signal, sys
         from wfvae.inference import latents
-        from wfvae.utils import io
 
         rank = int(os.environ["RANK"])
         kill_after = int(os.environ.get("KILL_RANK1_AFTER_SHARDS", "0"))
         written = []
-        real = io.atomic_write_bytes
+        real = latents._publish_bytes
 
-        def watched(path, data):  # the test's fault: rank 1 dies after writing N shards
-            real(path, data)
-            if rank == 1 and kill_after and str(path).endswith(".safetensors"):
-                written.append(path)
+        def watched(folder, rel, data):  # the test's fault: rank 1 dies right after writing its N-th shard
+            real(folder, rel, data)
+            if rank == 1 and kill_after and str(rel).endswith(".safetensors"):
+                written.append(rel)
                 if len(written) == kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
 
-        latents.atomic_write_bytes = watched
+        latents._publish_bytes = watched
         sys.exit(latents.main(sys.argv[1:]))
     """))
     first = _torchrun(script, tmp_path, *encode, KILL_RANK1_AFTER_SHARDS="2")

@@ -111,7 +111,12 @@ def scan_folder(root: str | os.PathLike, include_images: bool = False) -> tuple[
                             stack.append((f"{prefix}{name}/", entry.path))
                         continue
                     dot = name.rfind(".")
-                    if dot <= 0 or name[dot:].lower() not in exts or not entry.is_file():
+                    if dot <= 0 or name[dot:].lower() not in exts:
+                        continue
+                    if not entry.is_file():
+                        if entry.is_symlink() and not os.path.exists(entry.path):  # reported, not dropped
+                            target = os.readlink(entry.path)
+                            errors.append((prefix + name, f"dangling symbolic link (its target {target} does not exist)"))
                         continue
                     st = entry.stat()
                 except OSError as e:
