@@ -91,7 +91,7 @@ def test_manifest_errors_are_clear(tmp_path, monkeypatch, capsys):
     with pytest.raises(ManifestError, match="cannot read the Parquet manifest"):
         read_manifest(tmp_path / "junk.parquet")
     # The command line turns these into one line and exit status 2.
-    assert data_check(["--video_path", str(tmp_path / "nopath.csv"), "--num_frames", "4"]) == 2
+    assert cli(["data-check", "--video_path", str(tmp_path / "nopath.csv"), "--num_frames", "4"]) == 2
     assert "no 'path' column" in capsys.readouterr().err
 
     # Without pyarrow, Parquet (and only Parquet) asks for the extra.
@@ -186,7 +186,8 @@ def test_data_check_verify_lists_mismatches_and_bad_output_name(video_dir, tmp_p
                        "--cache_dir", str(tmp_path / "c")]) == 0
     out = capsys.readouterr().out
     assert f"MISMATCH {rows[0]['path']}: manifest says width {rows[0]['width']} (file: {rows[0]['width'] - 2})" in out
-    assert data_check(["--video_path", str(root), "--num_frames", "5", "--write_manifest", str(tmp_path / "m.txt")]) == 2
+    assert cli(["data-check", "--video_path", str(root), "--num_frames", "5", "--write_manifest",
+                str(tmp_path / "m.txt")]) == 2
     assert "must end in .csv, .jsonl or .parquet" in capsys.readouterr().err
 
 
