@@ -238,7 +238,7 @@ def test_manifest_trains_reconstructs_encodes_and_evaluates(tmp_path, fmt):
     assert result["num_videos"] == 3 and 5 < result["dataset"]["psnr"] < 60
     # a manifest row whose file is missing is an error that names it
     assert cli(["evaluate", "--real_video_dir", str(manifest), "--generated_video_dir", str(recon),
-                "--metric", "psnr", "--num_workers", "0", "--device", "cpu"]) == 1
+                "--metric", "psnr", "--num_workers", "0", "--device", "cpu"]) == 2
 
     # encode
     lat = tmp_path / "lat"
