@@ -32,7 +32,8 @@ if [[ "${REAL_DATASET_DIR%/}" == "${GENERATED_DATASET_DIR%/}/origin" ]]; then
 else
     : "${REAL_SAMPLE_RATE:=${SAMPLE_RATE}}"
 fi
-# Optional: LPIPS trunk (alex|vgg) and its local torchvision weights; FVD detector and weights
+# Optional: LPIPS trunk (alex|vgg) and local weights for it and for the FVD detector
+# (empty: downloaded once into the cache; WFVAE_OFFLINE=1 forbids downloads)
 : "${LPIPS_NET:=alex}"
 : "${LPIPS_BACKBONE_PATH:=}"
 : "${FVD_VARIANT:=styleganv}"

@@ -12,13 +12,24 @@ them; copy them first (see ``copy_tree``) when a test needs to change files.
 
 from __future__ import annotations
 
+import atexit
+import os
 import shutil
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+
+# Tests never reach the internet: downloads are off unless a test turns them on explicitly
+# (offline=False, against a server on 127.0.0.1), and the download cache is a private folder.
+# Set before wfvae or huggingface_hub is imported; subprocesses inherit it.
+os.environ["WFVAE_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["WFVAE_CACHE_DIR"] = tempfile.mkdtemp(prefix="wfvae-test-cache-")
+atexit.register(shutil.rmtree, os.environ["WFVAE_CACHE_DIR"], ignore_errors=True)
 
 from wfvae.data.synthetic import make_synthetic_video, write_synthetic_dataset
 from wfvae.data.video_io import write_video

@@ -127,7 +127,8 @@ class TrainConfig:
                                  "for experiments, since original checkpoints then no longer fit).")
     disc_num_layers: int = _f(4, "Strided stages of the 3D PatchGAN discriminator (4 as the original).")
     lpips_backbone_path: str | None = _f(
-        None, "Local VGG16 weights for the LPIPS perceptual loss (default: the torch hub cache). Never downloaded.")
+        None, "Local VGG16 weights for the LPIPS perceptual loss (default: the torch hub cache, downloaded there "
+        "from torchvision's URL on first use unless offline).")
     perceptual_random_backbone: bool = _f(
         False, "Use a randomly initialised LPIPS backbone (tests and smoke runs only; the loss is meaningless).")
 
@@ -142,7 +143,10 @@ class TrainConfig:
     eval_subset_size: int = _f(100, "Validate on the first N videos (0 = all).")
     eval_num_video_log: int = _f(2, "Number of side-by-side (input | reconstruction) videos to log.")
     eval_lpips: bool = _f(False, "Also compute LPIPS (AlexNet) during validation.")
-    eval_lpips_backbone_path: str | None = _f(None, "Local AlexNet weights for validation LPIPS.")
+    eval_lpips_backbone_path: str | None = _f(
+        None, "Local AlexNet weights for validation LPIPS (default: the torch hub cache, downloaded on first use).")
+    offline: bool = _f(
+        False, "Never download weights (LPIPS trunks); also set by WFVAE_OFFLINE=1 or HF_HUB_OFFLINE=1.")
 
     # ---- robustness -------------------------------------------------------------------------------
     max_nan_skips: int = _f(10, "After this many consecutive non-finite updates, apply --nan_policy.")

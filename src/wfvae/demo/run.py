@@ -63,7 +63,8 @@ def _stage(title: str) -> None:
 
 
 def _optional_metrics(device: str) -> tuple[list[str], list[str]]:
-    """LPIPS / FVD join the metrics only when their weights are on disk; otherwise say what to provide."""
+    """LPIPS / FVD join the metrics when their weights are on disk or can be downloaded (not offline);
+    otherwise the notes say what to provide."""
     from wfvae.errors import MissingWeightsError
     from wfvae.evaluation.fvd import load_i3d
     from wfvae.losses.lpips import find_lpips_backbone

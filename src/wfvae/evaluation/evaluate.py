@@ -6,7 +6,7 @@ How to run::
         --generated_video_dir video_gen/test_sr1_nf33_res256_subset0 \\
         --metric psnr,ssim,lpips --num_frames 33 --resolution 256 --json metrics.json
 
-    # FVD needs a local I3D detector (never downloaded):
+    # FVD's I3D detector is downloaded on first use; a local file can be given instead:
     wfvae evaluate ... --metric fvd --fvd_variant styleganv --fvd_weights /weights/i3d_torchscript.pt
 
     # from Python
@@ -92,7 +92,9 @@ class EvalConfig:
     fvd_variant: str = "styleganv"
     """I3D detector: styleganv (TorchScript i3d_torchscript.pt) or videogpt (i3d_pretrained_400.pt)."""
     fvd_weights: str | None = None
-    """Path of the I3D detector file (else $WFVAE_I3D_PATH)."""
+    """Path of the I3D detector file (else $WFVAE_I3D_PATH, else downloaded once into the user cache)."""
+    offline: bool = False
+    """Never download weights (LPIPS trunk, I3D); also set by WFVAE_OFFLINE=1 or HF_HUB_OFFLINE=1."""
 
     def validate(self) -> None:
         from wfvae.errors import ConfigError
@@ -296,6 +298,7 @@ def evaluate_folders(
     fvd_variant: str = "styleganv",
     fvd_weights: str | None = None,
     fvd_extractor: Any | None = None,
+    offline: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Compare every generated video with its real counterpart.
@@ -304,7 +307,7 @@ def evaluate_folders(
         real_dir, gen_dir: folders; see the module docstring for pairing and frame selection.
         metrics: names from :data:`METRICS`, as a list or a comma-separated string.
         num_frames, sample_rate, resolution, subset_size, device, batch_size, num_workers,
-        lpips_net, lpips_backbone_path, fvd_variant, fvd_weights: see :class:`EvalConfig`.
+        lpips_net, lpips_backbone_path, fvd_variant, fvd_weights, offline: see :class:`EvalConfig`.
         lpips_model: an already loaded LPIPS module (reused by training); overrides
             ``lpips_net`` / ``lpips_backbone_path``.
         fvd_extractor: an already loaded :class:`wfvae.evaluation.fvd.I3DFeatureExtractor`.
@@ -318,7 +321,7 @@ def evaluate_folders(
 
     Raises:
         ValueError: unpaired videos, mismatched shapes, too few videos for FVD.
-        MissingWeightsError: LPIPS trunk or I3D detector not on disk.
+        MissingWeightsError: LPIPS trunk or I3D detector not on disk and not downloadable.
         VideoDecodeError: a video cannot be decoded or is too short.
     """
     if isinstance(metrics, str):
@@ -338,6 +341,7 @@ def evaluate_folders(
         lpips_backbone_path=lpips_backbone_path,
         fvd_variant=fvd_variant,
         fvd_weights=fvd_weights,
+        offline=offline,
     )
     cfg.validate()
     wanted = [m for m in METRICS if m in cfg.metric]
@@ -359,7 +363,8 @@ def evaluate_folders(
         else:
             from wfvae.losses.lpips import load_lpips
 
-            lpips_net_module = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=cfg.device)
+            lpips_net_module = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=cfg.device,
+                                          offline=cfg.offline or None)
     extractor = None
     if "fvd" in wanted:
         if fvd_extractor is not None:
@@ -367,7 +372,7 @@ def evaluate_folders(
         else:
             from wfvae.evaluation.fvd import load_i3d
 
-            extractor = load_i3d(cfg.fvd_variant, cfg.fvd_weights, device=cfg.device)
+            extractor = load_i3d(cfg.fvd_variant, cfg.fvd_weights, device=cfg.device, offline=cfg.offline or None)
 
     device = torch.device(cfg.device)
     loader = torch.utils.data.DataLoader(
@@ -490,7 +495,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips_backbone_path", default=None, help="torchvision ImageNet weights of the LPIPS trunk")
     p.add_argument("--fvd_variant", choices=("styleganv", "videogpt"), default=d.fvd_variant)
     p.add_argument("--fvd_method", dest="fvd_variant", choices=("styleganv", "videogpt"), help="alias of --fvd_variant (original name)")
-    p.add_argument("--fvd_weights", default=None, help="I3D detector file (else $WFVAE_I3D_PATH)")
+    p.add_argument("--fvd_weights", default=None, help="I3D detector file (else $WFVAE_I3D_PATH, else downloaded once)")
+    p.add_argument("--offline", action="store_true",
+                   help="never download weights (also WFVAE_OFFLINE=1 / HF_HUB_OFFLINE=1)")
     p.add_argument("--json", dest="json_path", default=None, help="write per-video and dataset values here")
     return p
 
@@ -542,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         lpips_backbone_path=args.lpips_backbone_path,
         fvd_variant=args.fvd_variant,
         fvd_weights=args.fvd_weights,
+        offline=args.offline,
         progress=True,
     )
     print(format_results(result))

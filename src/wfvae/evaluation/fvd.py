@@ -14,8 +14,7 @@ each video set and reports the Frechet distance between the two Gaussians. It is
 *dataset*: collect the features of all videos first, then compute one distance. (The original WF-VAE
 code computed it per batch of 1-2 videos and averaged, which measures something else.)
 
-Two detectors are in common use and both are supported; weights are only ever read from a local
-file (never downloaded):
+Two detectors are in common use and both are supported:
 
 * ``styleganv``: the TorchScript I3D from StyleGAN-V / fvd-comparison, ``i3d_torchscript.pt``,
   loaded with ``torch.jit.load`` and called with ``rescale=False, resize=False,
@@ -24,7 +23,11 @@ file (never downloaded):
   :class:`InceptionI3D` below (written here; parameter names match that file); features are its
   400 logits averaged over time.
 
-The file comes from ``--fvd_weights PATH`` or the ``WFVAE_I3D_PATH`` environment variable.
+The file comes from ``--fvd_weights PATH``, else the ``WFVAE_I3D_PATH`` environment variable,
+else the download cache: on first use the detector is downloaded from its public URL
+(:data:`wfvae.downloads.REMOTE_FILES`) and accepted only if it loads as that detector (no digest
+is published for either file). Offline (``--offline``, ``WFVAE_OFFLINE=1``, ``HF_HUB_OFFLINE=1``)
+a detector that is not cached is an error naming the file, the option and the variable.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wfvae.downloads import REMOTE_FILES, fetch_file
 from wfvae.errors import CheckpointError, MissingWeightsError
 from wfvae.evaluation.metrics import to_unit_range
 
@@ -208,15 +212,21 @@ class InceptionI3D(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-def resolve_i3d_path(variant: str, weights_path: str | os.PathLike | None = None) -> Path:
-    """Find the detector file: ``weights_path``, else ``$WFVAE_I3D_PATH``; it must exist."""
+def resolve_i3d_path(
+    variant: str, weights_path: str | os.PathLike | None = None, offline: bool | None = None
+) -> Path:
+    """Find the detector file: ``weights_path``, else ``$WFVAE_I3D_PATH``, else the download cache.
+
+    An explicit path (option or variable) must exist: it is never replaced by a download. With
+    neither, the cached copy is used, downloaded and verified first if needed (see
+    :func:`wfvae.downloads.fetch_file`); ``offline`` (``None``: the offline variables) forbids that.
+    """
     expected = I3D_FILES[variant]
     if weights_path is None:
         env_value = os.environ.get(I3D_ENV_VAR)
         if not env_value:
-            raise MissingWeightsError(
-                f"FVD ({variant}) needs the I3D detector '{expected}'; wfvae never downloads it. "
-                f"Pass --fvd_weights /path/to/{expected} or set ${I3D_ENV_VAR}."
+            return fetch_file(
+                REMOTE_FILES[f"i3d_{variant}"], offline=offline, verify=lambda p: _check_detector(variant, p)
             )
         path, source = Path(env_value).expanduser(), f"${I3D_ENV_VAR}"
     else:
@@ -234,6 +244,27 @@ def _is_torchscript_archive(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
+
+
+def _check_detector(variant: str, path: Path) -> None:
+    """Raise unless ``path`` loads as the ``variant`` detector (the check of a fresh download)."""
+    if variant == "videogpt":
+        load_i3d_state_dict(path)
+    else:
+        _load_torchscript_i3d(path, "cpu")
+
+
+def _load_torchscript_i3d(path: Path, device: str | torch.device) -> torch.nn.Module:
+    if not _is_torchscript_archive(path):
+        raise CheckpointError(
+            f"'{path}' is not a TorchScript archive, so it is not the StyleGAN-V detector "
+            f"'{I3D_FILES['styleganv']}'. If it is VideoGPT's '{I3D_FILES['videogpt']}', "
+            f"use --fvd_variant videogpt."
+        )
+    try:
+        return torch.jit.load(str(path), map_location=torch.device(device)).eval()
+    except RuntimeError as e:
+        raise CheckpointError(f"cannot load TorchScript I3D '{path}': {e}") from e
 
 
 def load_i3d_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> InceptionI3D:
@@ -324,35 +355,29 @@ def load_i3d(
     variant: FVDVariant = "styleganv",
     weights_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    offline: bool | None = None,
 ) -> I3DFeatureExtractor:
-    """Load an FVD detector from a local file.
+    """Load an FVD detector (from a local file, or downloaded once into the cache).
 
     Args:
         variant: ``"styleganv"`` (TorchScript ``i3d_torchscript.pt``) or ``"videogpt"`` (state dict
             ``i3d_pretrained_400.pt``).
-        weights_path: the file; ``None`` reads ``$WFVAE_I3D_PATH``.
+        weights_path: the file; ``None`` reads ``$WFVAE_I3D_PATH``, else uses the download cache.
         device: where the detector runs.
+        offline: never download (``None``: ``WFVAE_OFFLINE`` / ``HF_HUB_OFFLINE`` decide).
 
     Raises:
-        MissingWeightsError: no path given, or the file does not exist.
+        MissingWeightsError: the given file does not exist, or offline and not cached, or the
+            download failed (:class:`wfvae.downloads.DownloadError`).
         CheckpointError: the file does not fit the variant.
     """
     if variant not in I3D_FILES:
         raise ValueError(f"unknown FVD variant '{variant}'; choose one of {sorted(I3D_FILES)}")
-    path = resolve_i3d_path(variant, weights_path)
+    path = resolve_i3d_path(variant, weights_path, offline)
     if variant == "videogpt":
         model = load_i3d_state_dict(path, device)
     else:
-        if not _is_torchscript_archive(path):
-            raise CheckpointError(
-                f"'{path}' is not a TorchScript archive, so it is not the StyleGAN-V detector "
-                f"'{I3D_FILES['styleganv']}'. If it is VideoGPT's '{I3D_FILES['videogpt']}', "
-                f"use --fvd_variant videogpt."
-            )
-        try:
-            model = torch.jit.load(str(path), map_location=torch.device(device)).eval()
-        except RuntimeError as e:
-            raise CheckpointError(f"cannot load TorchScript I3D '{path}': {e}") from e
+        model = _load_torchscript_i3d(path, device)
     logger.info("FVD detector (%s) loaded from %s", variant, path)
     return I3DFeatureExtractor(variant, model, device)
 

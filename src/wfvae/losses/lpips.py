@@ -1,25 +1,29 @@
-"""LPIPS perceptual distance, built without any network access.
+"""LPIPS perceptual distance: calibrated heads from the ``lpips`` package, torchvision trunks.
 
 How to use::
 
     from wfvae.losses.lpips import load_lpips, lpips_video
 
+    net = load_lpips("vgg")             # trunk weights found on disk or downloaded once
     net = load_lpips("vgg", backbone_path="/weights/vgg16-397923af.pth")
     d = net(img0, img1)                 # (N, 1, 1, 1); img0/img1 (N, 3, H, W) in [-1, 1]
     d_video = lpips_video(net, v0, v1)  # (B,); v0/v1 (B, 3, T, H, W) in [-1, 1]
 
 The `lpips` package (https://github.com/richzhang/PerceptualSimilarity, paper
-https://arxiv.org/abs/1801.03924) ships its calibrated linear layers inside the package, but builds
-its trunk with torchvision's ImageNet weights, which torchvision downloads on first use. We never
-download: the trunk is always built randomly initialised (``pnet_rand=True``) and, unless
-``random_backbone=True``, overwritten with a torchvision checkpoint found on disk, in this order:
+https://arxiv.org/abs/1801.03924) ships its calibrated linear layers inside the package; its trunk
+is torchvision's ImageNet VGG16 / AlexNet. We build the trunk randomly initialised
+(``pnet_rand=True``, so lpips itself never downloads) and, unless ``random_backbone=True``, load a
+torchvision checkpoint found in this order:
 
 1. ``backbone_path`` (CLI: ``--lpips_backbone_path``),
 2. the environment variable ``WFVAE_LPIPS_BACKBONE``,
 3. torchvision's hub cache, ``$TORCH_HOME/hub/checkpoints/<file>`` (``TORCH_HOME`` defaults to
-   ``~/.cache/torch``), where ``<file>`` is ``vgg16-397923af.pth`` or ``alexnet-owt-7be5be79.pth``.
+   ``~/.cache/torch``), where ``<file>`` is ``vgg16-397923af.pth`` or ``alexnet-owt-7be5be79.pth``;
+   when it is not there it is downloaded from torchvision's URL the way torchvision's weight API
+   does (hash prefix checked, :func:`wfvae.downloads.fetch_torch_hub_checkpoint`).
 
-If none exists, :class:`wfvae.errors.MissingWeightsError` names the expected file and the option.
+Offline (``--offline``, ``WFVAE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) step 3 only looks;
+:class:`wfvae.errors.MissingWeightsError` then names the expected file, the option and the variable.
 """
 
 from __future__ import annotations
@@ -31,40 +35,36 @@ from pathlib import Path
 
 import torch
 
+from wfvae.downloads import REMOTE_FILES, fetch_torch_hub_checkpoint
 from wfvae.errors import CheckpointError, MissingWeightsError
 
 logger = logging.getLogger(__name__)
 
+#: Entry of :data:`wfvae.downloads.REMOTE_FILES` for each LPIPS trunk.
+BACKBONE_REMOTE: dict[str, str] = {"vgg": "lpips_vgg", "alex": "lpips_alex"}
 #: Name of torchvision's ImageNet checkpoint for each LPIPS trunk (as torchvision's hub cache stores it).
-BACKBONE_FILES: dict[str, str] = {
-    "vgg": "vgg16-397923af.pth",
-    "alex": "alexnet-owt-7be5be79.pth",
-}
+BACKBONE_FILES: dict[str, str] = {net: REMOTE_FILES[key].filename for net, key in BACKBONE_REMOTE.items()}
 #: Environment variable consulted when no explicit backbone path is given.
 BACKBONE_ENV_VAR = "WFVAE_LPIPS_BACKBONE"
 
 
-def _torch_hub_checkpoint_dir() -> Path:
-    torch_home = os.environ.get("TORCH_HOME")
-    if torch_home is None:
-        xdg = os.environ.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
-        torch_home = os.path.join(xdg, "torch")
-    return Path(torch_home) / "hub" / "checkpoints"
-
-
-def find_lpips_backbone(net: str, backbone_path: str | os.PathLike | None = None) -> Path:
-    """Locate the torchvision ImageNet checkpoint for an LPIPS trunk on local disk.
+def find_lpips_backbone(
+    net: str, backbone_path: str | os.PathLike | None = None, offline: bool | None = None
+) -> Path:
+    """Locate the torchvision ImageNet checkpoint for an LPIPS trunk, downloading it if needed.
 
     Args:
         net: ``"vgg"`` or ``"alex"``.
         backbone_path: explicit file; when given it must exist (no fallback, so a typo is not
             silently replaced by another file).
+        offline: never download (``None``: ``WFVAE_OFFLINE`` / ``HF_HUB_OFFLINE`` decide).
 
     Returns:
         Path of an existing file.
 
     Raises:
-        MissingWeightsError: no file found; the message names the file and how to provide it.
+        MissingWeightsError: the explicit file does not exist, or offline and not cached, or the
+            download failed; the message names the file and how to provide it.
     """
     expected = BACKBONE_FILES[net]
     if backbone_path is not None:
@@ -84,14 +84,7 @@ def find_lpips_backbone(net: str, backbone_path: str | os.PathLike | None = None
                 f"It should be torchvision's ImageNet checkpoint '{expected}' for net='{net}'."
             )
         return path
-    cached = _torch_hub_checkpoint_dir() / expected
-    if cached.is_file():
-        return cached
-    raise MissingWeightsError(
-        f"LPIPS (net='{net}') needs torchvision's ImageNet weights '{expected}', which wfvae never "
-        f"downloads. Put the file at '{cached}', or pass --lpips_backbone_path PATH, or set "
-        f"${BACKBONE_ENV_VAR}=PATH."
-    )
+    return fetch_torch_hub_checkpoint(REMOTE_FILES[BACKBONE_REMOTE[net]], offline=offline)
 
 
 def _lpips_package_linear_weights(net: str) -> Path:
@@ -142,8 +135,9 @@ def load_lpips(
     backbone_path: str | os.PathLike | None = None,
     random_backbone: bool = False,
     device: str | torch.device = "cpu",
+    offline: bool | None = None,
 ) -> torch.nn.Module:
-    """Build an ``lpips.LPIPS`` module from local files only.
+    """Build an ``lpips.LPIPS`` module (trunk weights from disk, or downloaded once).
 
     Args:
         net: trunk, ``"vgg"`` (default, used by the training loss) or ``"alex"`` (the usual
@@ -153,6 +147,7 @@ def load_lpips(
         random_backbone: keep the trunk randomly initialised (tests only; distances are then not
             LPIPS). The calibrated linear layers are still loaded.
         device: where to put the module.
+        offline: never download the trunk (``None``: the offline variables decide).
 
     Returns:
         Module in eval mode with ``requires_grad=False`` everywhere. Call it as
@@ -162,13 +157,13 @@ def load_lpips(
 
     Raises:
         ValueError: unknown ``net``.
-        MissingWeightsError: the trunk checkpoint is not on disk.
+        MissingWeightsError: the trunk checkpoint is not on disk and cannot be downloaded.
         CheckpointError: a weight file does not fit.
     """
     if net not in BACKBONE_FILES:
         raise ValueError(f"unknown LPIPS net '{net}'; choose one of {sorted(BACKBONE_FILES)}")
     # Find the file before building anything, so a missing file fails fast.
-    path = None if random_backbone else find_lpips_backbone(net, backbone_path)
+    path = None if random_backbone else find_lpips_backbone(net, backbone_path, offline)
 
     import lpips as lpips_pkg
 

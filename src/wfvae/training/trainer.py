@@ -172,13 +172,15 @@ def preflight(cfg: TrainConfig) -> tuple[int, int]:
         raise ConfigError(f"{cfg.model_name} cannot be built from the model config: {e}") from e
     spatial, temporal = int(model.spatial_compression_ratio), int(model.temporal_compression_ratio)
     cfg.validate_against_model(spatial, temporal)
-    # Pretrained LPIPS trunks must be on disk (never downloaded): find them now, not inside every worker.
+    # Pretrained LPIPS trunks: found (or downloaded once, under a file lock shared by the ranks) now,
+    # so a missing file fails before any work; the loss and validation then read the cached copy.
     from wfvae.losses.lpips import find_lpips_backbone
 
+    offline = cfg.offline or None  # None: WFVAE_OFFLINE / HF_HUB_OFFLINE decide
     if cfg.perceptual_weight > 0 and not cfg.perceptual_random_backbone:
-        find_lpips_backbone("vgg", cfg.lpips_backbone_path)
+        find_lpips_backbone("vgg", cfg.lpips_backbone_path, offline)
     if cfg.eval_video_path and cfg.eval_lpips and not cfg.perceptual_random_backbone:
-        find_lpips_backbone("alex", cfg.eval_lpips_backbone_path)
+        find_lpips_backbone("alex", cfg.eval_lpips_backbone_path, offline)
     return spatial, temporal
 
 
