@@ -109,6 +109,9 @@ class VideoFolderDataset(Dataset):
         across_ranks (bool, default False): every rank of the initialised process group builds
             this dataset together and probes a share of the files (see
             :func:`wfvae.data.index.build_index`).
+        decoder_threads (int, default 0): threads per FFmpeg decoder; 0 lets FFmpeg choose (about one per
+            core). With several DataLoader workers or ranks per node use
+            :func:`wfvae.runtime.decoder_threads` so that the decoders do not oversubscribe the CPUs.
 
     Raises:
         FileNotFoundError: ``video_path`` is neither a folder nor a manifest file.
@@ -135,6 +138,7 @@ class VideoFolderDataset(Dataset):
         show_progress: bool | None = None,
         verify: bool = False,
         across_ranks: bool = False,
+        decoder_threads: int = 0,
     ) -> None:
         if num_frames < 1 or sample_rate < 1 or resolution < 1:
             raise ValueError(
@@ -160,6 +164,9 @@ class VideoFolderDataset(Dataset):
         self.num_frames = int(num_frames)
         self.sample_rate = int(sample_rate)
         self.resolution = int(resolution)
+        if decoder_threads < 0:
+            raise ValueError(f"decoder_threads must be >= 0; got {decoder_threads}")
+        self.decoder_threads = int(decoder_threads)
         self.train = bool(train)
         self.crop_size = (crop_h, crop_w)
         self.short_video_policy = short_video_policy
@@ -305,16 +312,19 @@ class VideoFolderDataset(Dataset):
         span = (self.num_frames - 1) * self.sample_rate + 1  # frames covered by one clip
         start = 0
         if info.is_image:
-            frames = read_video(path, info=info, short_side=self.resolution)
+            frames = read_video(path, info=info, short_side=self.resolution,
+                                num_threads=self.decoder_threads)
         elif entry.padded or info.frames < span:
-            frames = read_video(path, 0, None, self.sample_rate, info=info, short_side=self.resolution)
+            frames = read_video(path, 0, None, self.sample_rate, info=info, short_side=self.resolution,
+                                num_threads=self.decoder_threads)
             frames = frames[: self.num_frames]
             pad = np.repeat(frames[-1:], self.num_frames - len(frames), axis=0)
             frames = np.concatenate([frames, pad], axis=0)
         else:
             if gen is not None:
                 start = int(torch.randint(0, info.frames - span + 1, (1,), generator=gen))
-            frames = read_video(path, start, self.num_frames, self.sample_rate, info=info, short_side=self.resolution)
+            frames = read_video(path, start, self.num_frames, self.sample_rate, info=info, short_side=self.resolution,
+                                num_threads=self.decoder_threads)
         # frames: (T, H, W, 3) uint8 with short side == resolution
         crop_h, crop_w = self.crop_size
         _, height, width, _ = frames.shape

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from wfvae.errors import CheckpointError, ConfigError
+from wfvae.utils.io import load_torch_file
 
 from .base import CONFIG_NAME, WEIGHTS_NAME, VideoAutoencoder, read_config
 from .causalvae import CausalVAE
@@ -79,7 +80,7 @@ def read_state_dict(path: str | Path, prefer_ema: bool = True) -> tuple[dict[str
             raise CheckpointError(f"cannot read {path} as safetensors ({e}); the file is corrupt or truncated: "
                                   "copy or export it again") from e
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_torch_file(path)
     except Exception as e:  # torch raises several types for corrupt/unsafe files
         raise CheckpointError(f"cannot read {path} as a weights-only torch checkpoint: {e}") from e
     if not isinstance(data, dict):

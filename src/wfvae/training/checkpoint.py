@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from wfvae.errors import CheckpointError
+from wfvae.utils.io import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
     start = time.perf_counter()
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_torch_file(path)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {e}") from e
     if not isinstance(ckpt, dict):

@@ -33,6 +33,7 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "cleanup",
+    "cuda_index_for",
     "init_distributed",
 ]
 
@@ -46,6 +47,8 @@ class DistEnv:
     world_size: int
     device: torch.device
     backend: str | None  # None when no process group exists
+    local_world_size: int = 1  # processes on this node
+
 
     @property
     def is_main(self) -> bool:
@@ -78,11 +81,9 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv
     world_size = _env_int("WORLD_SIZE", 1)
     use_cuda = resolve_device(device).type == "cuda"
     if use_cuda:
-        if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} GPUs are visible; "
-                               "launch at most one process per GPU")
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+        index = cuda_index_for(local_rank, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
     else:
         dev = torch.device("cpu")
     backend = None
@@ -91,7 +92,31 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s),
                                 **({"device_id": dev} if use_cuda else {}))
         logger.info("process group up: backend=%s rank=%d/%d device=%s", backend, rank, world_size, dev)
-    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=dev, backend=backend)
+    local_world_size = _env_int("LOCAL_WORLD_SIZE", world_size)
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=dev, backend=backend,
+                   local_world_size=local_world_size)
+
+
+def cuda_index_for(local_rank: int, device_count: int) -> int:
+    """The CUDA device a process with ``local_rank`` uses when it sees ``device_count`` GPUs.
+
+    torchrun shows every process all GPUs of the node: process ``LOCAL_RANK`` takes GPU ``LOCAL_RANK``.
+    A launcher that binds one GPU per task (SLURM ``--gpus-per-task=1``, or ``CUDA_VISIBLE_DEVICES`` set
+    per process) shows each process exactly one GPU, whatever its local rank: it takes that one, GPU 0.
+
+    Raises:
+        RuntimeError: more than one GPU is visible but fewer than ``local_rank + 1``, so processes would
+            have to share GPUs.
+    """
+    if local_rank < device_count:
+        return local_rank
+    if device_count == 1:
+        logger.info("LOCAL_RANK=%d sees one GPU (one GPU per process, e.g. CUDA_VISIBLE_DEVICES or SLURM "
+                    "--gpus-per-task=1): using cuda:0", local_rank)
+        return 0
+    raise RuntimeError(f"LOCAL_RANK={local_rank} but only {device_count} GPUs are visible to this process; "
+                       "launch at most one process per GPU (torchrun --nproc_per_node <= number of GPUs), or "
+                       "give each process exactly one GPU")
 
 
 def cleanup(env: DistEnv) -> None:

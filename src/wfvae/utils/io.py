@@ -1,9 +1,13 @@
-"""Crash-safe file writing: write a temporary file next to the target, fsync, then rename."""
+"""Crash-safe file writing (write a temporary file next to the target, fsync, then rename) and safe,
+memory-mapped reading of torch files."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+import torch
 
 
 def fsync_dir(directory: Path) -> None:
@@ -50,3 +54,19 @@ def write_json_option(path: str | Path, obj, option: str = "--json") -> Path:
     except OSError as e:
         raise ConfigError(f"{option} {path}: cannot write it ({e.strerror or e}); pass a writable file path") from e
     return path
+
+
+def load_torch_file(path: str | Path) -> Any:
+    """``torch.load`` with ``weights_only=True`` (no pickle code runs), memory-mapped, onto the CPU.
+
+    Memory mapping means a tensor's bytes are read from the file when it is first used, not all up front:
+    ranks that load the same checkpoint share the page cache instead of each holding a private copy, and
+    a rank that keeps only part of it (an FSDP shard) never reads the rest. Files in torch's legacy
+    (pre-1.6, non-zip) format cannot be mapped and are read whole.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -85,9 +85,11 @@ class AttnBlock3DFix(_AttentionBase):
         h = self.norm(x, stream)
         q, k, v = self.q(h), self.k(h), self.v(h)
         b, c, t, hh, ww = q.shape
-        # (B, C, T, H, W) -> (B*T, H*W, C): one attention problem per frame
-        q, k, v = (z.permute(0, 2, 3, 4, 1).reshape(b * t, hh * ww, c) for z in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        # (B, C, T, H, W) -> (B*T, 1, H*W, C): one single-head attention problem per frame. The head
+        # axis must be explicit: CUDA's fused SDPA kernels (flash, memory-efficient) take 4-D input only
+        # and a 3-D call falls back to the math kernel, which materialises the (HW, HW) weights.
+        q, k, v = (z.permute(0, 2, 3, 4, 1).reshape(b * t, 1, hh * ww, c) for z in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)  # (B*T, 1, H*W, C)
         out = out.reshape(b, t, hh, ww, c).permute(0, 4, 1, 2, 3)
         return x + self.proj_out(out)
 

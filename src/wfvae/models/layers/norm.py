@@ -36,17 +36,24 @@ class ClipGroupNorm(nn.GroupNorm):
     per_frame = False
 
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+        keep_layout = keeps_channels_last(x)
         if stream is None or x.dim() != 5 or self.per_frame:
+            if keep_layout:
+                grouped = _grouped_view(x.to(_compute_dtype(x)), self.num_groups)
+                var, mean = torch.var_mean(grouped, dim=(1, 3), correction=0)  # (B, G)
+                return self._normalize(x, mean, var)
             return super().forward(x)
         role = stream.clip_level(self)
         b, c = x.shape[:2]
-        groups = x.reshape(b, self.num_groups, -1)  # (B, G, C/G * T * H * W)
-        if role != "apply" and groups.shape[-1] == 0:
+        # (B, G, C/G * T * H * W); on channels-last input (CUDA) a view of (B, T*H*W, G, C/G) instead
+        groups = _grouped_view(x, self.num_groups) if keep_layout else x.reshape(b, self.num_groups, -1)
+        reduce_dims = (1, 3) if keep_layout else -1
+        if role != "apply" and groups.numel() == 0:
             raise StopChunk
         if role == "collect":
             total = stream.collected or (0, None, None)
-            n_b = groups.shape[-1]
-            var_b, mean_b = torch.var_mean(groups.double(), dim=-1, correction=0)
+            n_b = groups.numel() // (b * self.num_groups)
+            var_b, mean_b = torch.var_mean(groups.double(), dim=reduce_dims, correction=0)
             n_a, mean_a, m2_a = total
             if n_a == 0:
                 stream.collected = (n_b, mean_b, var_b * n_b)
@@ -58,13 +65,52 @@ class ClipGroupNorm(nn.GroupNorm):
         if role == "skip":  # behind the layer collecting in this pass; resolved in a later pass
             raise StopChunk
         mean, var = stream.resolved[self]
+        if keep_layout:
+            return self._normalize(x, mean.to(_compute_dtype(x)), var.to(_compute_dtype(x)))
         mean, var = mean.to(x.dtype)[..., None], var.to(x.dtype)[..., None]
         y = ((groups - mean) * torch.rsqrt(var + self.eps)).reshape(x.shape)
         return y * self.weight.view(1, c, 1, 1, 1) + self.bias.view(1, c, 1, 1, 1)
 
+    def _normalize(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) * rsqrt(var + eps) * weight + bias`` as one multiply-add that keeps x's layout.
+
+        ``mean``/``var``: (B, G) statistics in :func:`_compute_dtype`. Half-precision input is computed in
+        float32 and returned in float32 under autocast (ATen's group_norm is an autocast float32 op),
+        else in x's dtype.
+        """
+        b, c = x.shape[:2]
+        dtype = _compute_dtype(x)
+        per_group = c // self.num_groups
+        scale = torch.rsqrt(var + self.eps).repeat_interleave(per_group, dim=1) * self.weight.to(dtype)  # (B, C)
+        shift = self.bias.to(dtype) - mean.repeat_interleave(per_group, dim=1) * scale
+        bshape = (b, c) + (1,) * (x.dim() - 2)
+        y = torch.addcmul(shift.view(bshape), x.to(dtype), scale.view(bshape))
+        return y if torch.is_autocast_enabled(x.device.type) else y.to(x.dtype)
+
     def resolve(self, collected) -> tuple[torch.Tensor, torch.Tensor]:
         n, mean, m2 = collected
         return mean, m2 / n
+
+
+def keeps_channels_last(x: torch.Tensor) -> bool:
+    """Whether GroupNorm of ``x`` should be computed by :class:`ClipGroupNorm` itself.
+
+    On CUDA, ATen's ``group_norm`` copies channels-last input to NCDHW and returns NCDHW, so every norm
+    layer of a channels-last model would pay a layout copy in and another one out (the next convolution
+    wants channels-last again). The CPU kernel keeps channels-last by itself, so this is False there.
+    """
+    return (x.device.type != "cpu" and x.dim() in (4, 5) and x.shape[1] > 1 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last))
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def _grouped_view(x: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """(B, C, *S) channels-last -> (B, prod(S), G, C/G), a view of the same memory."""
+    b, c = x.shape[:2]
+    return x.movedim(1, -1).reshape(b, -1, num_groups, c // num_groups)
 
 
 def _group_norm(channels: int) -> nn.Module:

@@ -1,0 +1,99 @@
+"""Choices that depend on the machine a command runs on: autocast precision, cuDNN/TF32 flags, and how
+many threads each video decoder may use.
+
+How to use::
+
+    precision = resolve_precision("bf16", device)      # "fp32" on a pre-Ampere GPU, with a warning
+    configure_backends(device, benchmark=True, allow_tf32=False)
+    threads = decoder_threads(num_workers=4, local_world_size=8)
+
+Every function takes what it decides from as arguments (with the live value as default), so the decisions
+can be checked without the hardware they are about.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["available_cpus", "configure_backends", "decoder_threads", "resolve_precision"]
+
+# FFmpeg's own ceiling for automatically chosen decoder threads
+MAX_DECODER_THREADS = 16
+
+
+def resolve_precision(
+    precision: str, device: torch.device, capability: tuple[int, int] | None = None, what: str = "--mix_precision"
+) -> str:
+    """The autocast precision to use on ``device``: ``precision`` unless the GPU cannot run it.
+
+    bf16 autocast needs an Ampere or newer NVIDIA GPU (compute capability 8.0); on older ones (V100: 7.0,
+    T4: 7.5) ``torch.autocast`` raises. There the run falls back to fp32 and says so; fp16 (with a
+    GradScaler) is the faster choice on such GPUs, but it is not chosen silently because it changes the
+    numerics far more than fp32 does.
+
+    Args:
+        precision: "fp32" | "bf16" | "fp16".
+        device: where the model runs; CPU autocast always supports bf16.
+        capability: (major, minor) compute capability; None reads it from ``device``.
+        what: the option name for the message.
+    """
+    if precision != "bf16" or device.type != "cuda":
+        return precision
+    if capability is None:
+        capability = torch.cuda.get_device_capability(device)
+    if tuple(capability) >= (8, 0):
+        return precision
+    logger.warning("%s bf16 needs a GPU with compute capability >= 8.0 (Ampere or newer); this one is %d.%d. "
+                   "Running in fp32 instead (pass %s fp16 for mixed precision with a GradScaler).",
+                   what, capability[0], capability[1], what)
+    return "fp32"
+
+
+def configure_backends(device: torch.device, *, benchmark: bool, allow_tf32: bool) -> None:
+    """Process-wide cuDNN/cuBLAS switches for a CUDA run (nothing happens on other devices).
+
+    Args:
+        benchmark: let cuDNN time its convolution algorithms on the first call of every input shape and
+            keep the fastest. Pays off when shapes repeat (training with a fixed clip size); costs a
+            search per new shape otherwise.
+        allow_tf32: run float32 matmuls and convolutions in TF32 on Ampere or newer (about 10 bits of
+            mantissa in the products, several times faster). Off by default: it changes float32 results.
+    """
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = benchmark
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
+    logger.info("cuDNN benchmark %s, TF32 %s", "on" if benchmark else "off", "on" if allow_tf32 else "off")
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a SLURM or taskset allocation)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def decoder_threads(num_workers: int, local_world_size: int = 1, cpus: int | None = None) -> int:
+    """Threads per FFmpeg video decoder so that all decoders on this node together fit its CPUs.
+
+    Each of the ``local_world_size`` ranks on a node runs ``num_workers`` DataLoader workers (or decodes
+    in its main process when 0), and each decoder would otherwise start about one thread per core:
+    ranks x workers x cores threads fighting for the same cores.
+
+    Args:
+        num_workers: DataLoader workers per rank (0: the rank itself decodes).
+        local_world_size: processes on this node (torchrun's ``LOCAL_WORLD_SIZE``).
+        cpus: CPUs available to this process; None reads :func:`available_cpus`. The affinity mask is per
+            process, but torchrun does not split it among ranks, so every rank sees the whole node.
+    """
+    if cpus is None:
+        cpus = available_cpus()
+    decoders = max(1, num_workers) * max(1, local_world_size)
+    return max(1, min(MAX_DECODER_THREADS, cpus // decoders))
