@@ -208,7 +208,8 @@ def machine_info(args) -> dict:
     return info
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also used by ``gpu_check.py --dry_run`` to check its planned arguments)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "examples/configs/wfvae-large-16chn.json"))
     p.add_argument("--weights", default=None, help="save_pretrained folder; default: seeded random init of --config")
@@ -230,6 +231,11 @@ def main(argv=None) -> int:
     p.add_argument("--skip_memory", action="store_true")
     p.add_argument("--json", default=str(ROOT / "benchmarks/results/inference.json"))
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
 
     if args._worker:

@@ -247,6 +247,7 @@ def _run(args, workdir: Path) -> dict:
     times = {name: {"g": [], "d": [], "step": []} for name in impls}
     warmup_times = {name: {"g": [], "d": []} for name in impls}  # kept in the JSON, not in the medians
     first = {name: {} for name in impls}
+    cuda_mem: dict[str, dict[str, float]] = {}  # per implementation, max over its steps (CUDA only)
     for r in range(args.warmup + args.repeats):
         step_g = first_step + 2 * r
         pair = {name: 0.0 for name in impls}
@@ -254,10 +255,18 @@ def _run(args, workdir: Path) -> dict:
             for name, fn in impls.items():
                 torch.manual_seed(1000 + step)  # same posterior noise and dropout masks for both
                 _sync(device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                    resident = torch.cuda.memory_allocated(device)
                 start = time.perf_counter()
                 values = fn(video, step)
                 _sync(device)
                 elapsed = time.perf_counter() - start
+                if device.type == "cuda":  # both models stay resident: the step's own memory is peak - resident
+                    mem = cuda_mem.setdefault(name, {"peak_mb": 0.0, "step_mb": 0.0})
+                    peak = torch.cuda.max_memory_allocated(device)
+                    mem["peak_mb"] = max(mem["peak_mb"], peak / 2**20)
+                    mem["step_mb"] = max(mem["step_mb"], (peak - resident) / 2**20)
                 pair[name] += elapsed
                 if r == 0:
                     first[name].update(values)
@@ -269,6 +278,8 @@ def _run(args, workdir: Path) -> dict:
 
     result = {"times_s": times, "warmup_times_s": warmup_times, "first_losses": first,
               "medians_s": {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}}
+    if cuda_mem:
+        result["cuda_memory_mb"] = cuda_mem  # torch.cuda.max_memory_allocated
     if "original" in impls:
         o, ref = first["ours"], first["original"]
         result["max_abs_diff"] = {k: abs(o[k] - ref[k]) for k in ("g_loss", "nll", "d_loss")}
@@ -289,10 +300,15 @@ def format_table(args, result: dict) -> str:
         rows.append("")
         rows.append(f"first-step max-abs diff: generator loss {d['g_loss']:.2e} (of {result['first_losses']['ours']['g_loss']:.4g}), "
                     f"NLL part {d['nll']:.2e}, discriminator loss {d['d_loss']:.2e}")
+    if "cuda_memory_mb" in result:
+        rows.append("")
+        rows.append("peak CUDA memory (max_memory_allocated, MB; step = peak - resident): " + ", ".join(
+            f"{name} {m['peak_mb']:.0f} (step {m['step_mb']:.0f})" for name, m in result["cuda_memory_mb"].items()))
     return "\n".join(rows)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also used by ``gpu_check.py --dry_run`` to check its planned arguments)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "examples/configs/wfvae_tiny.json"))
     p.add_argument("--reference_repo", default=None, help="checkout of the original WF-VAE to compare against")
@@ -309,6 +325,11 @@ def main(argv=None) -> int:
     p.add_argument("--no_wavelet_loss", action="store_true", help="drop the wavelet loss (on by default)")
     p.add_argument("--ema", action="store_true", help="EMA update after each generator step (both impls)")
     p.add_argument("--json", default=str(ROOT / "benchmarks/results/train_step.json"))
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.reference_repo and not (Path(args.reference_repo) / "causalvideovae").is_dir():
         p.error(f"--reference_repo {args.reference_repo} has no causalvideovae/ package")

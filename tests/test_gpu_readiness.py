@@ -225,9 +225,10 @@ def test_configure_backends_sets_cudnn_and_tf32_only_for_cuda():
         assert torch.backends.cudnn.benchmark is False
         runtime.configure_backends(torch.device("cuda", 0), benchmark=True, allow_tf32=True)
         assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
-        assert torch.backends.cudnn.allow_tf32
-        runtime.configure_backends(torch.device("cuda", 0), benchmark=True, allow_tf32=False)
-        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        conv_tf32 = torch.backends.cudnn.allow_tf32
+        runtime.configure_backends(torch.device("cuda", 0), benchmark=False, allow_tf32=False)
+        assert not torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 == conv_tf32  # convolutions keep PyTorch's setting
     finally:
         (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
          torch.backends.cudnn.allow_tf32) = saved

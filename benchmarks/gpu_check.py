@@ -1,0 +1,680 @@
+"""The prepared GPU check: everything a first run on NVIDIA GPUs must show, in one JSON and one log folder.
+
+How to run (``benchmarks/gpu_check.sh`` is a thin wrapper around this file)::
+
+    # on a machine with one or more NVIDIA GPUs, from the repository root (about 6-10 minutes)
+    bash benchmarks/gpu_check.sh --reference_repo /path/to/WF-VAE --out gpu_check_out
+
+    # anywhere, without a GPU: check the arguments, build every command and run the light cases on the CPU
+    bash benchmarks/gpu_check.sh --dry_run --out /tmp/gpu_check_dry
+
+Cases (each in its own process with its own time limit, its log in ``OUT/logs/<case>.log``):
+
+* ``environment``: GPU model, count, compute capability, memory, driver; torch, CUDA, cuDNN, NCCL versions.
+* ``parity_fp32``: the golden tensors of the original (``tests/data/reference``) on CUDA in float32 with TF32
+  off, with the CPU test's tolerances (moments 1e-5, decoded 1e-4); the error with cuDNN's default TF32 too.
+* ``bf16_psnr``: real clips (H.264 files written and decoded with PyAV) through WF-VAE-L in fp32 and under
+  bf16 autocast: PSNR of each against the input and of bf16 against fp32. Random weights unless
+  ``--weights`` names a ``save_pretrained`` folder (then the PSNR cost of bf16 is meaningful).
+* ``chunked``: chunked encode/decode == full pass on CUDA in float64 (the CPU test's 1e-8).
+* ``groupnorm_layout``: ClipGroupNorm's channels-last path against ATen ``group_norm`` plus the copy back to
+  channels-last (what the model paid before), fp32 and bf16 autocast: max difference, layout, time.
+* ``attention_kernels``: which SDPA kernels (flash, memory-efficient, cuDNN, math) accept the 4-D
+  ``(B*T, 1, HW, C)`` attention of WF-VAE-L's channel width, their time and peak memory, and the default pick.
+* ``train_resume``: ``examples/train_ddp.sh`` on the tiny config with real files: NCCL over 2 processes when
+  2 GPUs are visible (1 otherwise), bf16, 4 steps with checkpoints, then a resume to 6 steps.
+* ``train_fp16``: 4 fp16 steps with a GradScaler in one process (the path that crashed after a non-finite loss).
+* ``bench_inference``: ``bench_inference.py --device cuda`` (WF-VAE-L round trip, 33x256x256, fp32 and
+  bf16) against the original (``--reference_repo``), time and peak CUDA memory.
+* ``bench_train_step``: ``bench_train_step.py --device cuda --dtype bf16`` (WF-VAE-L, 25x256x256) against
+  the original.
+
+Every case records its peak CUDA memory: ``torch.cuda.max_memory_allocated`` for cases run in this
+script's own worker process, the largest ``nvidia-smi`` ``memory.used`` seen while a command ran for the
+others (that includes the CUDA context, about 0.5 GB per process). ``OUT/gpu_check.json`` holds everything.
+
+Exit status: 0 all cases passed (or were only informational), 1 a case failed, 2 a usage error or no GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "tests" / "data" / "reference"
+FIXTURES = ("wfvae_small", "causalvae_small")
+LARGE_CONFIG = ROOT / "examples" / "configs" / "wfvae-large-16chn.json"
+DEFAULT_REFERENCE_REPO = "/work/orig"
+TOTAL_BUDGET_S = 600
+
+
+@dataclass
+class Case:
+    name: str
+    timeout_s: int
+    run: Callable[["Context"], dict] | None = None  # in-process case (runs in a worker process on the GPU)
+    command: Callable[["Context"], list[list[str]]] | None = None  # external commands, run in order
+    check: Callable[["Context", list], dict] | None = None  # reads the commands' outputs
+    light: bool = True  # cheap enough to run on the CPU in --dry_run
+
+
+@dataclass
+class Context:
+    out: Path
+    device: str  # "cuda", or "cpu" in --dry_run
+    quick: bool  # --dry_run: smallest inputs, only proves the code runs
+    reference_repo: str | None
+    weights: str | None
+    num_gpus: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- helpers
+def _torch():
+    import torch
+
+    return torch
+
+
+def _sync(ctx: Context) -> None:
+    if ctx.device == "cuda":
+        _torch().cuda.synchronize()
+
+
+def _timed(ctx: Context, fn, repeats: int = 3) -> float:
+    """Median seconds of ``fn()`` after one warm-up call."""
+    fn()
+    _sync(ctx)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(ctx)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _psnr(a, b) -> float:
+    """PSNR in dB of two [-1, 1] tensors (peak-to-peak 2), over the whole tensor."""
+    mse = ((a.double().clamp(-1, 1) - b.double().clamp(-1, 1)) ** 2).mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        env.pop(name, None)
+    return env
+
+
+class _SmiPeak:
+    """Polls ``nvidia-smi`` while a command runs; the largest memory.used (MiB) per GPU."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and shutil.which("nvidia-smi") is not None
+        self.peak: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self):
+        while not self._stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=10, check=False).stdout
+                used = [float(x) for x in out.split()]
+                self.peak = [max(a, b) for a, b in zip(self.peak, used)] if self.peak else used
+            except (OSError, ValueError, subprocess.SubprocessError):
+                pass
+            self._stop.wait(0.5)
+
+    def __enter__(self):
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+
+
+# --------------------------------------------------------------------------- in-process cases
+def case_environment(ctx: Context) -> dict:
+    torch = _torch()
+    info = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+            "cuda_build": torch.version.cuda, "cpus": os.cpu_count()}
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                            text=True, check=False).stdout.strip() or None
+    except OSError:
+        info["git_commit"] = None
+    if ctx.device == "cuda":
+        info["cudnn"] = torch.backends.cudnn.version()
+        info["nccl"] = ".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None
+        info["gpus"] = []
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            info["gpus"].append({"name": p.name, "capability": f"{p.major}.{p.minor}",
+                                 "memory_gib": round(p.total_memory / 2**30, 1)})
+        if shutil.which("nvidia-smi"):
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, check=False).stdout
+            info["driver"] = out.splitlines()[0].split(",")[-1].strip() if out.strip() else None
+    return {"status": "pass", **info}
+
+
+def case_parity_fp32(ctx: Context) -> dict:
+    torch = _torch()
+    from safetensors.torch import load_file
+
+    from wfvae.models import load_model
+
+    tol_moments, tol_decoded = 1e-5, 1e-4  # tests/test_models_parity.py, float32
+    result, ok = {"tolerances": {"moments": tol_moments, "decoded": tol_decoded}}, True
+    for tf32 in (False, True):
+        if ctx.device == "cuda":
+            torch.backends.cudnn.allow_tf32 = tf32
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+        elif tf32:
+            continue
+        for name in FIXTURES:
+            model = load_model(REFERENCE / name, dtype=torch.float32).to(ctx.device)
+            io = load_file(str(REFERENCE / name / "io.safetensors"))
+            cases = sorted({k.split(".")[0] for k in io})[: 1 if ctx.quick else None]
+            worst_m = worst_d = 0.0
+            with torch.no_grad():
+                for case in cases:
+                    posterior = model.encode(io[f"{case}.input"].float().to(ctx.device))
+                    moments = torch.cat([posterior.mean, posterior.logvar], dim=1).double().cpu()
+                    expected = io[f"{case}.moments"]
+                    worst_m = max(worst_m, (moments - expected).abs().max().item())
+                    latent = expected[:, : model.latent_channels].float().to(ctx.device)
+                    decoded = model.decode(latent).double().cpu()
+                    worst_d = max(worst_d, (decoded - io[f"{case}.decoded"]).abs().max().item())
+            key = f"{name}{'_tf32' if tf32 else ''}"
+            result[key] = {"moments_max_abs": worst_m, "decoded_max_abs": worst_d, "cases": len(cases)}
+            if not tf32:  # TF32 rows are informational: cuDNN's default for float32 convolutions
+                ok &= worst_m <= tol_moments and worst_d <= tol_decoded
+    if ctx.device == "cuda":
+        torch.backends.cudnn.allow_tf32 = True  # PyTorch's defaults again
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return {"status": "pass" if ok else "fail", **result}
+
+
+def _real_clips(ctx: Context, frames: int, size: int, n: int):
+    """``n`` clips written as H.264 files with PyAV, decoded back, as (1, 3, T, H, W) in [-1, 1]."""
+    from wfvae.data.synthetic import write_synthetic_dataset
+    from wfvae.data.transforms import to_model_tensor
+    from wfvae.data.video_io import read_video
+
+    folder = ctx.out / "clips"
+    write_synthetic_dataset(folder, n_videos=n, num_frames=frames, height=size, width=size, seed=7)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return [to_model_tensor(read_video(p, 0, frames))[None] for p in files[:n]]
+
+
+def case_bf16_psnr(ctx: Context) -> dict:
+    torch = _torch()
+    from wfvae.models import build_model, load_model
+
+    if ctx.weights:
+        model = load_model(ctx.weights)
+    else:
+        torch.manual_seed(0)
+        model = build_model(LARGE_CONFIG if not ctx.quick else REFERENCE / "wfvae_small" / "config.json")
+    model = model.to(ctx.device).eval()
+    frames, size = (9, 32) if ctx.quick else (33, 256)
+    rows = []
+    with torch.no_grad():
+        for clip in _real_clips(ctx, frames, size, 1 if ctx.quick else 2):
+            clip = clip.to(ctx.device)
+            fp32 = model(clip, sample_posterior=False).sample.float()
+            with torch.autocast(ctx.device, dtype=torch.bfloat16):
+                bf16 = model(clip, sample_posterior=False).sample.float()
+            rows.append({"psnr_fp32_db": _psnr(clip, fp32), "psnr_bf16_db": _psnr(clip, bf16),
+                         "psnr_bf16_vs_fp32_db": _psnr(fp32, bf16)})
+    cost = statistics.mean(r["psnr_fp32_db"] - r["psnr_bf16_db"] for r in rows)
+    result = {"weights": ctx.weights or "seeded random init (PSNR to the input is meaningless)",
+              "clip": f"{frames}x{size}x{size}", "clips": rows, "mean_psnr_cost_db": cost}
+    if ctx.weights:  # trained weights: bf16 must cost little
+        result["status"] = "pass" if cost <= 0.5 else "fail"
+    else:
+        result["status"] = "info"
+    return result
+
+
+def case_chunked(ctx: Context) -> dict:
+    torch = _torch()
+    from safetensors.torch import load_file
+
+    from wfvae.models import load_model
+
+    tol, worst, rows = 1e-8, 0.0, {}  # tests/test_models_chunking.py, float64
+    for name in FIXTURES[:1] if ctx.quick else FIXTURES:
+        model = load_model(REFERENCE / name, dtype=torch.float64).to(ctx.device)
+        video = load_file(str(REFERENCE / name / "io.safetensors"))["case0.input"].double().to(ctx.device)
+        tf = model.temporal_compression_ratio
+        with torch.no_grad():
+            full = model.encode(video).moments
+            enc = (model.encode(video, chunk_size=tf).moments - full).abs().max().item()
+            z = full[:, : model.latent_channels]
+            ref = model.decode(z)
+            dec = (model.decode(z, chunk_size=1) - ref).abs().max().item()
+        rows[name] = {"encode_max_abs": enc, "decode_max_abs": dec, "frames": video.shape[2]}
+        worst = max(worst, enc, dec)
+    return {"status": "pass" if worst <= tol else "fail", "tolerance": tol, **rows}
+
+
+def case_groupnorm_layout(ctx: Context) -> dict:
+    torch = _torch()
+    import torch.nn.functional as F
+
+    from wfvae.models.layers.norm import keeps_channels_last, make_norm
+
+    channels, shape = (256, (1, 256, 9, 64, 64)) if not ctx.quick else (64, (1, 64, 3, 8, 8))
+    layer = make_norm(channels, "groupnorm").to(ctx.device)
+    x = torch.randn(shape, device=ctx.device).to(memory_format=torch.channels_last_3d)
+    result = {"shape": list(shape), "own_path_taken": keeps_channels_last(x)}
+    ok = True
+    for label, dtype, autocast in (("fp32", torch.float32, False), ("bf16_autocast", torch.bfloat16, True)):
+        xi = x.to(dtype)
+
+        def ours():
+            with torch.autocast(ctx.device, dtype=torch.bfloat16, enabled=autocast):
+                return layer(xi)
+
+        def aten():  # what a norm layer cost before: ATen (NCDHW out on CUDA), then back to channels-last
+            with torch.autocast(ctx.device, dtype=torch.bfloat16, enabled=autocast):
+                y = F.group_norm(xi, 32, layer.weight, layer.bias, layer.eps)
+            return y.contiguous(memory_format=torch.channels_last_3d)
+
+        with torch.no_grad():
+            a, b = ours(), aten()
+            diff = (a.float() - b.float()).abs().max().item()
+            row = {"max_abs_diff": diff, "out_dtype": str(a.dtype).removeprefix("torch."),
+                   "out_channels_last": a.is_contiguous(memory_format=torch.channels_last_3d),
+                   "ours_ms": 1e3 * _timed(ctx, ours), "aten_plus_copy_ms": 1e3 * _timed(ctx, aten)}
+        result[label] = row
+        ok &= diff <= (1e-4 if dtype == torch.float32 else 1e-2) and row["out_channels_last"]
+    return {"status": "pass" if ok else "fail", **result}
+
+
+def case_attention_kernels(ctx: Context) -> dict:
+    torch = _torch()
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from wfvae.models import build_model
+    from wfvae.models.layers.blocks import AttnBlock3DFix
+
+    with torch.device("meta"):
+        large = build_model(LARGE_CONFIG)
+    widths = sorted({m.in_channels for m in large.modules() if isinstance(m, AttnBlock3DFix)})
+    tokens = [64] if ctx.quick else [32 * 32, 64 * 64]
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    rows, fused_ok = [], True
+    for c in widths[:1] if ctx.quick else widths:
+        for hw in tokens:
+            for dtype in (torch.float32, torch.bfloat16):
+                q, k, v = (torch.randn(9, 1, hw, c, device=ctx.device, dtype=dtype) for _ in range(3))
+                row = {"channels": c, "tokens": hw, "dtype": str(dtype).removeprefix("torch."), "kernels": {}}
+                try:
+                    row["default_pick"] = str(torch._fused_sdp_choice(q, k, v))  # private; informational
+                except (AttributeError, RuntimeError) as e:
+                    row["default_pick"] = f"unknown ({type(e).__name__})"
+                for label, backend in backends.items():
+                    if ctx.device != "cuda" and label != "math":
+                        continue
+                    try:
+                        with sdpa_kernel(backend):
+                            if ctx.device == "cuda":
+                                torch.cuda.reset_peak_memory_stats()
+                            ms = 1e3 * _timed(ctx, lambda: F.scaled_dot_product_attention(q, k, v), repeats=2)
+                            peak = torch.cuda.max_memory_allocated() / 2**20 if ctx.device == "cuda" else None
+                        row["kernels"][label] = {"ok": True, "ms": ms, "peak_mb": peak}
+                    except RuntimeError as e:
+                        row["kernels"][label] = {"ok": False, "error": str(e).splitlines()[0][:200]}
+                if ctx.device == "cuda" and dtype == torch.bfloat16:
+                    fused_ok &= any(row["kernels"][n]["ok"] for n in ("flash", "efficient", "cudnn"))
+                rows.append(row)
+    return {"status": "pass" if fused_ok else "fail", "attention_widths": widths, "rows": rows}
+
+
+# --------------------------------------------------------------------------- external-command cases
+def _train_args(ctx: Context, data: Path, ckpt: Path, *extra: str) -> list[str]:
+    return ["--model_name", "WFVAE", "--video_path", str(data / "train"), "--eval_video_path", str(data / "val"),
+            "--model_config", str(ROOT / "examples" / "configs" / "wfvae_tiny.json"),
+            "--num_frames", "9", "--resolution", "32", "--eval_num_frames", "9", "--eval_resolution", "32",
+            "--eval_batch_size", "1", "--eval_subset_size", "2", "--report_to", "none",
+            "--perceptual_random_backbone", "--disc_base_channels", "8", "--dataset_num_worker", "1",
+            "--ckpt_dir", str(ckpt), "--save_ckpt_step", "2", "--eval_steps", "2", "--log_steps", "1",
+            "--device", ctx.device, *extra]
+
+
+def _train_data(ctx: Context) -> Path:
+    from wfvae.data.synthetic import write_synthetic_dataset
+
+    data = ctx.out / "train_data"
+    if not (data / "train").is_dir():
+        write_synthetic_dataset(data / "train", n_videos=5, num_frames=12, height=40, width=48, seed=0)
+        write_synthetic_dataset(data / "val", n_videos=2, num_frames=10, height=32, width=32, seed=50)
+    return data
+
+
+def _torchrun(ctx: Context, nproc: int, args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "wfvae.train", *args]
+
+
+def commands_train_resume(ctx: Context) -> list[list[str]]:
+    data, ckpt = _train_data(ctx), ctx.out / "train_resume_ckpt"
+    nproc = 2 if ctx.num_gpus >= 2 else 1
+    ctx.extra["train_nproc"] = nproc
+    common = ["--mix_precision", "bf16"]
+    return [_torchrun(ctx, nproc, _train_args(ctx, data, ckpt, *common, "--max_steps", "4")),
+            _torchrun(ctx, nproc, _train_args(ctx, data, ckpt, *common, "--max_steps", "6",
+                                              "--resume_from_checkpoint", "latest"))]
+
+
+def check_train_resume(ctx: Context, runs: list) -> dict:
+    ckpt = ctx.out / "train_resume_ckpt"
+    found = sorted(p.name for p in ckpt.rglob("checkpoint-*.ckpt")) if ckpt.is_dir() else []
+    resumed = "resumed from" in (runs[1]["stderr_tail"] if len(runs) > 1 else "")
+    ok = all(r["returncode"] == 0 for r in runs) and "checkpoint-6.ckpt" in found and resumed
+    nproc = ctx.extra.get("train_nproc", 1)
+    return {"status": "pass" if ok else "fail", "processes": nproc,
+            "backend": "nccl" if nproc > 1 else "none (one process: 2 GPUs are needed for NCCL)",
+            "checkpoints": found, "resumed": resumed}
+
+
+def commands_train_fp16(ctx: Context) -> list[list[str]]:
+    data, ckpt = _train_data(ctx), ctx.out / "train_fp16_ckpt"
+    return [[sys.executable, "-m", "wfvae.train",
+             *_train_args(ctx, data, ckpt, "--mix_precision", "fp16", "--max_steps", "4")]]
+
+
+def check_train_fp16(ctx: Context, runs: list) -> dict:
+    ok = all(r["returncode"] == 0 for r in runs)
+    return {"status": "pass" if ok else "fail"}
+
+
+def commands_bench_inference(ctx: Context) -> list[list[str]]:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_inference.py"), "--device", "cuda",
+           "--config", str(LARGE_CONFIG), "--modes", "roundtrip", "--variants", "full", "--dtypes", "fp32", "bf16",
+           "--frames", "33", "--sizes", "256", "--repeats", "3", "--threads", "8",
+           "--json", str(ctx.out / "bench_inference.json")]
+    if ctx.reference_repo:
+        cmd += ["--reference_repo", ctx.reference_repo]
+    return [cmd]
+
+
+def check_bench_inference(ctx: Context, runs: list) -> dict:
+    path = ctx.out / "bench_inference.json"
+    if runs[0]["returncode"] != 0 or not path.is_file():
+        return {"status": "fail"}
+    rows = json.loads(path.read_text())["rows"]
+    summary = []
+    for row in rows:
+        times = row.get("time", {}).get("times_s", {})
+        summary.append({"dtype": row["dtype"], "variant": row["variant"],
+                        "ours_s": statistics.median(times["ours"]) if "ours" in times else None,
+                        "original_s": statistics.median(times["reference"]) if "reference" in times else None,
+                        "ours_peak_mb": row.get("memory_ours", {}).get("peak_mb"),
+                        "original_peak_mb": row.get("memory_reference", {}).get("peak_mb"),
+                        "max_abs_diff": row.get("time", {}).get("max_abs_diff")})
+    return {"status": "pass", "rows": summary, "json": str(path)}
+
+
+def commands_bench_train_step(ctx: Context) -> list[list[str]]:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_train_step.py"), "--device", "cuda", "--dtype", "bf16",
+           "--config", str(LARGE_CONFIG), "--frames", "25", "--size", "256", "--repeats", "3", "--threads", "8",
+           "--json", str(ctx.out / "bench_train_step.json")]
+    if ctx.reference_repo:
+        cmd += ["--reference_repo", ctx.reference_repo]
+    return [cmd]
+
+
+def check_bench_train_step(ctx: Context, runs: list) -> dict:
+    path = ctx.out / "bench_train_step.json"
+    if runs[0]["returncode"] != 0 or not path.is_file():
+        return {"status": "fail"}
+    data = json.loads(path.read_text())
+    return {"status": "pass", "medians_s": data["medians_s"], "cuda_memory_mb": data.get("cuda_memory_mb"),
+            "max_abs_diff": data.get("max_abs_diff"), "json": str(path)}
+
+
+CASES = [
+    Case("environment", 60, run=case_environment),
+    Case("parity_fp32", 120, run=case_parity_fp32),
+    Case("bf16_psnr", 120, run=case_bf16_psnr),
+    Case("chunked", 150, run=case_chunked),
+    Case("groupnorm_layout", 60, run=case_groupnorm_layout),
+    Case("attention_kernels", 90, run=case_attention_kernels),
+    Case("train_resume", 240, command=commands_train_resume, check=check_train_resume, light=False),
+    Case("train_fp16", 120, command=commands_train_fp16, check=check_train_fp16, light=False),
+    Case("bench_inference", 240, command=commands_bench_inference, check=check_bench_inference, light=False),
+    Case("bench_train_step", 180, command=commands_bench_train_step, check=check_bench_train_step, light=False),
+]
+CASE_NAMES = [c.name for c in CASES]
+VARYING = {"--max_steps", "--mix_precision", "--resume_from_checkpoint", "--ckpt_dir"}  # options the dry run need not re-check
+
+
+# --------------------------------------------------------------------------- driver
+def _run_command(cmd: list[str], log, timeout_s: float) -> dict:
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout_s,
+                              check=False)
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as e:
+        code = "timeout"
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+    log.write(out)
+    log.write(err)
+    log.write(f"\n[exit {code} after {time.perf_counter() - start:.1f} s]\n")
+    log.flush()
+    return {"returncode": code, "seconds": round(time.perf_counter() - start, 1), "stderr_tail": err[-4000:]}
+
+
+def run_case(case: Case, ctx: Context, deadline: float) -> dict:
+    """Run one case on the GPU: in-process cases in a worker process of this script, commands as they are."""
+    case_deadline = min(time.monotonic() + case.timeout_s, deadline)
+    remaining = lambda: max(10.0, case_deadline - time.monotonic())  # noqa: E731
+    log_path = ctx.out / "logs" / f"{case.name}.log"
+    start = time.perf_counter()
+    with open(log_path, "w") as log, _SmiPeak(enabled=True) as smi:
+        if case.run is not None:
+            worker = [sys.executable, str(Path(__file__).resolve()), "--_case", case.name, "--out", str(ctx.out),
+                      "--num_gpus", str(ctx.num_gpus)]
+            if ctx.weights:
+                worker += ["--weights", ctx.weights]
+            run = _run_command(worker, log, remaining())
+            path = ctx.out / "logs" / f"{case.name}.result.json"
+            if run["returncode"] == 0 and path.is_file():
+                result = json.loads(path.read_text())
+            else:
+                result = {"status": "error", "returncode": run["returncode"], "stderr_tail": run["stderr_tail"][-1500:]}
+        else:
+            runs = []
+            for cmd in case.command(ctx):
+                runs.append(_run_command(cmd, log, remaining()))
+                if runs[-1]["returncode"] != 0:
+                    break
+            result = case.check(ctx, runs)
+            result["commands"] = [{"returncode": r["returncode"], "seconds": r["seconds"]} for r in runs]
+            if result["status"] == "fail":
+                result["stderr_tail"] = runs[-1]["stderr_tail"][-1500:]
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    if smi.peak:
+        result["nvidia_smi_peak_mib"] = smi.peak
+    result["log"] = str(log_path.relative_to(ctx.out))
+    return result
+
+
+def worker_main(name: str, ctx: Context) -> int:
+    """One in-process case on the GPU; its result (with peak CUDA memory) goes to logs/<name>.result.json."""
+    torch = _torch()
+    case = next(c for c in CASES if c.name == name)
+    torch.cuda.reset_peak_memory_stats()
+    result = case.run(ctx)
+    result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    (ctx.out / "logs" / f"{name}.result.json").write_text(json.dumps(result, indent=2, default=str))
+    print(json.dumps(result, default=str))
+    return 0
+
+
+def dry_run(args, ctx: Context, cases: list[Case]) -> int:
+    """Everything that can be checked without a GPU: arguments, every planned command line (each parsed by
+    its own parser), importability, and the light cases on the CPU with the smallest inputs."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_inference
+    import bench_train_step
+
+    parsers = {"bench_inference.py": bench_inference.build_parser(), "bench_train_step.py": bench_train_step.build_parser()}
+    report = {"dry_run": True, "cases": {}, "plan": {}}
+    ok = True
+    checked: set[tuple[str, ...]] = set()
+    for case in cases:
+        start = time.perf_counter()
+        if case.run is not None:
+            try:
+                result = case.run(ctx)
+            except Exception as e:  # noqa: BLE001 - a dry run reports every failing case, then exits 1
+                result = {"status": "error", "error": f"{type(e).__name__}: {e}"}
+        else:
+            commands = case.command(ctx)
+            report["plan"][case.name] = [" ".join(c) for c in commands]
+            problems = []
+            for cmd in commands:
+                script = Path(cmd[1]).name if len(cmd) > 1 else ""
+                if script in parsers:
+                    try:
+                        parsers[script].parse_args(cmd[2:])
+                    except SystemExit:
+                        problems.append(f"{script} rejects {cmd[2:]}")
+                elif "wfvae.train" in cmd:
+                    # the training command line, validated (data, config) by the real CLI; once per distinct
+                    # command line apart from step counts, precision and resuming
+                    argv = cmd[cmd.index("wfvae.train") + 1:]
+                    key = tuple(a for i, a in enumerate(argv) if a not in VARYING and argv[i - 1] not in VARYING)
+                    if key in checked:
+                        continue
+                    checked.add(key)
+                    argv = argv + ["--check_only"]
+                    run = subprocess.run([sys.executable, "-m", "wfvae.train", *argv], cwd=ROOT, env=_env(),
+                                         capture_output=True, text=True, timeout=300, check=False)
+                    if run.returncode != 0:
+                        problems.append(f"wfvae train --check_only failed: {run.stderr[-800:]}")
+            result = {"status": "fail" if problems else "planned", "problems": problems}
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        report["cases"][case.name] = result
+        ok &= result["status"] in ("pass", "info", "planned")
+        print(f"[dry run] {case.name:18s} {result['status']:8s} {result['seconds']:6.1f} s", flush=True)
+    (ctx.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"wrote {ctx.out / 'gpu_check.json'}")
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None,
+                   help="output folder for gpu_check.json and logs/ (default: benchmarks/results/gpu_check_<time>)")
+    p.add_argument("--reference_repo", default=DEFAULT_REFERENCE_REPO,
+                   help="checkout of the original WF-VAE for the side-by-side benchmarks; 'none' skips the original")
+    p.add_argument("--weights", default=None, help="save_pretrained folder for the bf16 PSNR case (trained weights)")
+    p.add_argument("--cases", nargs="+", default=CASE_NAMES, choices=CASE_NAMES, help="run only these cases")
+    p.add_argument("--budget_s", type=int, default=TOTAL_BUDGET_S, help="total time; later cases are skipped")
+    p.add_argument("--dry_run", action="store_true", help="no GPU needed: check arguments and the plan on the CPU")
+    p.add_argument("--_case", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--num_gpus", type=int, default=0, help=argparse.SUPPRESS)
+    return p
+
+
+def _usage_error(message: str) -> int:
+    print(f"gpu_check: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / time.strftime("gpu_check_%Y%m%d_%H%M%S")
+    reference = None if str(args.reference_repo).lower() == "none" else args.reference_repo
+    if reference and not (Path(reference) / "causalvideovae").is_dir():
+        return _usage_error(f"--reference_repo {reference} is not a checkout of the original WF-VAE (no "
+                            "causalvideovae/ folder); pass its path, or --reference_repo none to skip the original")
+    if args.weights and not Path(args.weights).is_dir():
+        return _usage_error(f"--weights {args.weights} is not a folder (expected a save_pretrained folder)")
+    if args.budget_s < 60:
+        return _usage_error(f"--budget_s {args.budget_s} is too short; the check needs at least 60 s")
+    if args._case:
+        ctx = Context(out=out, device="cuda", quick=False, reference_repo=reference, weights=args.weights,
+                      num_gpus=args.num_gpus)
+        return worker_main(args._case, ctx)
+
+    try:
+        import torch
+    except ImportError:
+        return _usage_error("PyTorch is not installed in this Python; run `pip install -e .` first")
+    if not args.dry_run and not torch.cuda.is_available():
+        return _usage_error(f"no CUDA GPU is visible (torch {torch.__version__}, built with CUDA "
+                            f"{torch.version.cuda or 'none'}; CUDA_VISIBLE_DEVICES="
+                            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Run this on a machine with an "
+                            "NVIDIA GPU, or pass --dry_run to check the plan on the CPU")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "logs").mkdir(exist_ok=True)
+    except OSError as e:
+        return _usage_error(f"cannot create the output folder {out}: {e}")
+    cases = [c for c in CASES if c.name in args.cases]
+    if args.dry_run:
+        ctx = Context(out=out, device="cpu", quick=True, reference_repo=reference, weights=args.weights)
+        torch.set_num_threads(min(2, torch.get_num_threads()))
+        try:
+            return dry_run(args, ctx, cases)
+        finally:
+            for scratch in ("clips", "train_data"):
+                shutil.rmtree(out / scratch, ignore_errors=True)
+
+    ctx = Context(out=out, device="cuda", quick=False, reference_repo=reference, weights=args.weights,
+                  num_gpus=torch.cuda.device_count())
+    deadline = time.monotonic() + args.budget_s
+    report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "reference_repo": reference,
+              "budget_s": args.budget_s, "cases": {}}
+    for case in cases:
+        if time.monotonic() > deadline - 20:
+            report["cases"][case.name] = {"status": "skipped", "why": "time budget spent"}
+            continue
+        result = run_case(case, ctx, deadline)
+        report["cases"][case.name] = result
+        print(f"{case.name:18s} {result['status']:8s} {result['seconds']:6.1f} s", flush=True)
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    for scratch in ("clips", "train_data", "train_resume_ckpt", "train_fp16_ckpt"):
+        shutil.rmtree(out / scratch, ignore_errors=True)
+    statuses = [r["status"] for r in report["cases"].values()]
+    report["summary"] = {s: statuses.count(s) for s in sorted(set(statuses))}
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"wrote {out / 'gpu_check.json'}: {report['summary']}")
+    return 1 if any(s in ("fail", "error") for s in statuses) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
