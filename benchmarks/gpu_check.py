@@ -164,7 +164,11 @@ def case_environment(ctx: Context) -> dict:
         info["git_commit"] = None
     if ctx.device == "cuda":
         info["cudnn"] = torch.backends.cudnn.version()
-        info["nccl"] = ".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None
+        try:
+            version = torch.cuda.nccl.version()
+            info["nccl"] = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+        except (AttributeError, RuntimeError):
+            info["nccl"] = None
         info["gpus"] = []
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
@@ -503,7 +507,7 @@ def run_case(case: Case, ctx: Context, deadline: float) -> dict:
     with open(log_path, "w") as log, _SmiPeak(enabled=True) as smi:
         if case.run is not None:
             worker = [sys.executable, str(Path(__file__).resolve()), "--_case", case.name, "--out", str(ctx.out),
-                      "--num_gpus", str(ctx.num_gpus)]
+                      "--num_gpus", str(ctx.num_gpus), "--reference_repo", ctx.reference_repo or "none"]
             if ctx.weights:
                 worker += ["--weights", ctx.weights]
             run = _run_command(worker, log, remaining())
