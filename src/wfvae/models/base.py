@@ -14,6 +14,7 @@ from torch import nn
 from wfvae.errors import CheckpointError, ConfigError
 
 from .layers.blocks import AttnBlock3D
+from .layers.checkpointing import is_checkpointable, set_gradient_checkpointing
 from .layers import winograd
 from .layers.conv import CausalConv3d, FrameConv2d, to_channels_last
 from .layers.norm import is_clip_level
@@ -75,6 +76,30 @@ class VideoAutoencoder(nn.Module):
     def disable_tiling(self) -> None:
         """Go back to encoding and decoding whole frames."""
         self.use_tiling = False
+
+    # ---------------------------------------------------------------- training memory
+    def enable_gradient_checkpointing(self) -> VideoAutoencoder:
+        """Recompute each ResNet, attention and up/down-sampling block in the backward pass; returns ``self``.
+
+        Training then keeps only the blocks' inputs between forward and backward instead of every
+        activation inside them, for the price of one extra forward pass per step (measured in
+        ``benchmarks/RESULTS.md``). Gradients are unchanged (bit for bit on CPU); dropout masks and
+        autocast are replayed exactly. Works with DDP, FSDP and bf16 autocast. Inference without
+        gradients and chunked (streaming) calls are not affected. See
+        :mod:`wfvae.models.layers.checkpointing`.
+        """
+        set_gradient_checkpointing(self, True)
+        return self
+
+    def disable_gradient_checkpointing(self) -> VideoAutoencoder:
+        """Keep every activation for the backward pass again (the default); returns ``self``."""
+        set_gradient_checkpointing(self, False)
+        return self
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether :meth:`enable_gradient_checkpointing` is in effect."""
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules() if is_checkpointable(m))
 
     # ---------------------------------------------------------------- inference layout
     def use_channels_last_weights(self) -> VideoAutoencoder:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpointing import checkpointable
 from .conv import CausalConv3d, FrameConv2d, frames_to_images, images_to_frames
 from .norm import make_norm
 from .stream import StopChunk, StreamState
@@ -27,6 +28,7 @@ class ResnetBlock2D(nn.Module):
         # normalisation here sees one frame at a time, so GroupNorm does not mix frames
         self.norm1.per_frame = self.norm2.per_frame = True
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         batch = x.shape[0] if x.dim() == 5 else None
         if batch is not None:
@@ -53,6 +55,7 @@ class ResnetBlock3D(nn.Module):
         if in_channels != out_channels:
             self.nin_shortcut = CausalConv3d(in_channels, out_channels, 1)
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         h = self.conv1(self.norm1(x, stream), stream, apply_silu=True)
         h = self.norm2(h, stream)
@@ -81,6 +84,7 @@ class _AttentionBase(nn.Module):
 class AttnBlock3DFix(_AttentionBase):
     """Self-attention over the pixels of each frame (frames never attend to each other)."""
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         h = self.norm(x, stream)
         q, k, v = self.q(h), self.k(h), self.v(h)
@@ -103,6 +107,7 @@ class AttnBlock3D(_AttentionBase):
     and hands it out chunk by chunk in the final pass.
     """
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         if stream is not None:
             return self._clip_level(x, stream)

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpointing import checkpointable
 from .conv import CausalConv3d, FrameConv2d, frames_to_images, images_to_frames
 from .stream import StreamState, causal_time_window, time_upsample_2x
 
@@ -27,6 +28,7 @@ class Downsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=0)
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         y = self.conv(F.pad(frames_to_images(x), (0, 1, 0, 1)))
         return images_to_frames(y, x.shape[0])
@@ -39,6 +41,7 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = FrameConv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         y = F.interpolate(frames_to_images(x), scale_factor=2.0, mode="nearest")
         return images_to_frames(self.conv(y), x.shape[0])
@@ -51,6 +54,7 @@ class Spatial2xTime2x3DDownsample(nn.Module):
         super().__init__()
         self.conv = CausalConv3d(in_channels, out_channels, kernel_size=3, stride=2, padding=0)
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1, 0, 0)), stream)
 
@@ -62,6 +66,7 @@ class Spatial2x3DDownsample(nn.Module):
         super().__init__()
         self.conv = CausalConv3d(in_channels, out_channels, kernel_size=3, stride=(1, 2, 2), padding=0)
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1, 0, 0)), stream)
 
@@ -76,6 +81,7 @@ class Spatial2xTime2x3DUpsample(nn.Module):
         self.t_interpolation = t_interpolation
         self.conv = CausalConv3d(in_channels, out_channels, kernel_size=3, padding=1)
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         x = time_upsample_2x(x, self.t_interpolation, stream, self)
         return self.conv(_spatial_up_2x(x, "trilinear"), stream)
@@ -88,6 +94,7 @@ class Spatial2x3DUpsample(nn.Module):
         super().__init__()
         self.conv = CausalConv3d(in_channels, out_channels, kernel_size=3, padding=1)
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         return self.conv(_spatial_up_2x(x, "trilinear"), stream)
 
@@ -99,6 +106,7 @@ class SpatialDownsample2x(nn.Module):
         super().__init__()
         self.conv = CausalConv3d(in_channels, out_channels, (1, 3, 3), stride=(1, 2, 2), padding=0)
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1, 0, 0)), stream)
 
@@ -110,6 +118,7 @@ class SpatialUpsample2x(nn.Module):
         super().__init__()
         self.conv = CausalConv3d(in_channels, out_channels, (1, 3, 3), padding=1)
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         return self.conv(_spatial_up_2x(x, "nearest"), stream)
 
@@ -121,6 +130,7 @@ class TimeDownsample2x(nn.Module):
         super().__init__()
         self.kernel_size = kernel_size
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         x = causal_time_window(x, stream, self, self.kernel_size, 2)
         if x.shape[2] < self.kernel_size:
@@ -137,6 +147,7 @@ class TimeDownsampleRes2x(nn.Module):
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, stride=(2, 1, 1), padding=(0, 1, 1))
         self.mix_factor = nn.Parameter(torch.tensor([float(mix_factor)]))
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         x = causal_time_window(x, stream, self, self.kernel_size, 2)
         if x.shape[2] < self.kernel_size:
@@ -153,6 +164,7 @@ class TimeUpsample2x(nn.Module):
     def __init__(self, in_channels: int = 0, out_channels: int = 0, **_):
         super().__init__()
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         return time_upsample_2x(x, "trilinear", stream, self)
 
@@ -165,6 +177,7 @@ class TimeUpsampleRes2x(nn.Module):
         self.conv = CausalConv3d(in_channels, out_channels, kernel_size, padding=1)
         self.mix_factor = nn.Parameter(torch.tensor([float(mix_factor)]))
 
+    @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         x = time_upsample_2x(x, "trilinear", stream, self)
         alpha = torch.sigmoid(self.mix_factor)
