@@ -81,7 +81,11 @@ def _load_reference(job):
     else:
         from causalvideovae.model.vae.modeling_causalvae import CausalVAEModel as cls
     model = cls(**kwargs)
-    model.load_state_dict(load_file(str(Path(job["weights"]) / "model.safetensors")), strict=True)
+    # save_pretrained's diffusers layout (benchmarks made before it wrote model.safetensors)
+    weights = Path(job["weights"]) / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        weights = weights.with_name("model.safetensors")
+    model.load_state_dict(load_file(str(weights)), strict=True)
     return model.eval()
 
 

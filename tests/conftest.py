@@ -135,3 +135,11 @@ def build_messy_dir(root: Path) -> Path:
 
 
 MESSY_GOOD["nested/frame.png.mp4"] = 20
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--reference_repo", default=None,
+        help="checkout of the original WF-VAE code for the tests that run it side by side "
+             "(else $WFVAE_REFERENCE_REPO; those tests are skipped when neither is given)",
+    )

@@ -28,7 +28,7 @@ def test_save_pretrained_round_trip_is_exact(tmp_path):
     torch.manual_seed(1)
     model = build_model(TINY)
     model.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
     loaded = load_model(tmp_path / "m")
     assert isinstance(loaded, WFVAE) and not loaded.training
     _same_weights(model, loaded)

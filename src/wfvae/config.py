@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Literal
 
 from wfvae.data.manifest import is_manifest
+from wfvae.downloads import parse_hub_id
 from wfvae.errors import ConfigError
+from wfvae.training.metrics_logger import import_tensorboard_writer, parse_report_to
 
 __all__ = ["DISC_CLASS_ALIASES", "VIDEO_EXTENSIONS", "TrainConfig", "build_train_parser", "parse_train_config"]
 
@@ -65,8 +67,10 @@ class TrainConfig:
     save_ckpt_step: int = _f(1000, "Write a checkpoint every this many steps (steps = optimizer steps of G or D).")
     keep_last_k: int = _f(0, "Keep only the newest K checkpoints of this run (0 = keep all, like the original).")
     log_steps: int = _f(5, "Log losses / lr / grad norm every this many steps.")
-    report_to: Literal["wandb", "none"] = _f(
-        "wandb", "Experiment tracker. 'wandb' honours WANDB_MODE=offline|disabled and WANDB_PROJECT; "
+    report_to: str = _f(
+        "wandb", "Experiment trackers: none, wandb, tensorboard, or a comma list such as wandb,tensorboard. "
+        "'wandb' honours WANDB_MODE=offline|disabled and WANDB_PROJECT; 'tensorboard' writes event files to "
+        "<run folder>/tensorboard (scalars, validation frames, the config as text); "
         "metrics.jsonl in the run folder is written either way.")
     wandb_project: str | None = _f(None, "W&B project (default: $WANDB_PROJECT, as wandb itself reads it).")
 
@@ -102,7 +106,8 @@ class TrainConfig:
     model_name: Literal["WFVAE", "CausalVAE"] | None = _f(None, "Model class: WFVAE or CausalVAE.")
     model_config: str | None = _f(None, "config.json of the model (original format); used to train from scratch.")
     pretrained_model_name_or_path: str | None = _f(
-        None, "Folder (config.json + weights) or .ckpt to start from; loads weights only, no optimizer state.")
+        None, "Folder (config.json + weights), .ckpt, or Hugging Face Hub id owner/name[@revision] to start "
+        "from; loads weights only, no optimizer state.")
     ignore_mismatched_sizes: bool = _f(False, "When loading pretrained weights, skip tensors whose shape differs.")
     enable_tiling: bool = _f(False, "Call model.enable_tiling() before training (as the original flag).")
     resume_from_checkpoint: str | None = _f(
@@ -197,8 +202,10 @@ class TrainConfig:
                           "(or --resume_from_checkpoint <file.ckpt> whose config is stored inside).")
         if self.model_config and not Path(self.model_config).is_file():
             errors.append(f"--model_config {self.model_config!r} is not a file.")
-        if self.pretrained_model_name_or_path and not Path(self.pretrained_model_name_or_path).exists():
-            errors.append(f"--pretrained_model_name_or_path {self.pretrained_model_name_or_path!r} does not exist.")
+        pretrained = self.pretrained_model_name_or_path
+        if pretrained and not Path(pretrained).expanduser().exists() and parse_hub_id(pretrained) is None:
+            errors.append(f"--pretrained_model_name_or_path {pretrained!r} does not exist (and is not a Hub id "
+                          "owner/name[@revision]).")
         if resuming_file and not Path(self.resume_from_checkpoint).is_file():
             errors.append(f"--resume_from_checkpoint {self.resume_from_checkpoint!r} is not a .ckpt file "
                           "(pass a file, or 'latest').")
@@ -236,12 +243,23 @@ class TrainConfig:
             errors.append(f"--lpips_backbone_path {self.lpips_backbone_path!r} is not a file.")
         if self.eval_lpips_backbone_path and not Path(self.eval_lpips_backbone_path).is_file():
             errors.append(f"--eval_lpips_backbone_path {self.eval_lpips_backbone_path!r} is not a file.")
-        if self.report_to == "wandb":
+        try:
+            trackers = parse_report_to(self.report_to)
+        except ValueError as e:
+            errors.append(f"--{e}.")
+            trackers = []
+        if "wandb" in trackers:
             try:
-                import wandb  # noqa: F401
+                import wandb  # noqa: F401  (optional extra: only checked when asked for)
             except ImportError:
                 errors.append("--report_to wandb needs the wandb package: pip install wfvae[wandb] "
                               "(or pass --report_to none; metrics.jsonl is always written).")
+        if "tensorboard" in trackers:
+            try:
+                import_tensorboard_writer()
+            except ImportError:
+                errors.append("--report_to tensorboard needs the tensorboard package: pip install "
+                              "wfvae[tensorboard] (or pass --report_to none; metrics.jsonl is always written).")
 
         if errors:
             raise ConfigError("Invalid training configuration:\n  - " + "\n  - ".join(errors))

@@ -6,7 +6,7 @@ How to use::
 
     path = fetch_file(REMOTE_FILES["i3d_styleganv"])             # user cache dir, verified
     path = fetch_torch_hub_checkpoint(REMOTE_FILES["lpips_alex"])  # $TORCH_HOME/hub/checkpoints
-    folder = hub_snapshot("chestnutlzj/WF-VAE-L-16Chn@main")      # Hugging Face cache
+    folder = hub_snapshot("chestnutlzj/WF-VAE-L-16Chn@main", files=("config.json", "diffusion_pytorch_model.safetensors"))
 
 Three kinds of remote files:
 
@@ -44,7 +44,7 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -454,10 +454,6 @@ def fetch_torch_hub_checkpoint(
 
 #: ``owner/name`` or ``owner/name@revision`` (Hub repository names: letters, digits, ``-_.``).
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[^\s@]+))?$")
-#: Files a model folder needs, in the order the loader prefers the weights.
-HUB_CONFIG_FILE = "config.json"
-HUB_SAFETENSORS_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
-_PICKLE_SUFFIXES = (".ckpt",)
 
 
 def parse_hub_id(name: str) -> tuple[str, str | None] | None:
@@ -480,20 +476,22 @@ def hub_snapshot(
     name: str,
     revision: str | None = None,
     *,
+    files: Sequence[str],
     offline: bool | None = None,
     allow_ckpt: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """A local folder with a Hub model's ``config.json`` and weights.
+    """A local folder with a Hub model's config and weights.
 
-    Downloads ``config.json`` plus ``diffusion_pytorch_model.safetensors`` / ``model.safetensors``;
-    only when the repository has no safetensors weights, its ``*.ckpt`` files (read later with
+    Downloads ``files`` (the config first, then the safetensors weight names the loader accepts);
+    only when the repository has none of those weights, its ``*.ckpt`` files (read later with
     ``weights_only=True``; ``allow_ckpt=False`` refuses them). Other files (pickled ``.bin``,
     images, ...) are never fetched. Offline, the folder comes from the Hub cache or not at all.
 
     Args:
         name: ``owner/name`` or ``owner/name@revision`` (branch, tag or commit).
         revision: the same as ``@revision``; giving both with different values is an error.
+        files: ``(config file, weights file, ...)``, e.g. :data:`wfvae.models.loading.MODEL_FILES`.
         offline: ``--offline``; ``None`` reads ``WFVAE_OFFLINE`` / ``HF_HUB_OFFLINE``.
         cache_dir: Hub cache folder (default: huggingface_hub's, from ``HF_HOME``/``HF_HUB_CACHE``).
 
@@ -528,11 +526,11 @@ def hub_snapshot(
             )
         )
 
+    config_file, *weight_files = files
     try:
-        folder = snapshot([HUB_CONFIG_FILE, *HUB_SAFETENSORS_FILES])
-        has_safetensors = any((folder / f).is_file() for f in HUB_SAFETENSORS_FILES)
-        if not has_safetensors and not is_offline and allow_ckpt:
-            folder = snapshot([f"*{s}" for s in _PICKLE_SUFFIXES])
+        folder = snapshot(list(files))
+        if not any((folder / f).is_file() for f in weight_files) and not is_offline and allow_ckpt:
+            folder = snapshot(["*.ckpt"])
     except LocalEntryNotFoundError as e:
         if is_offline:
             raise MissingWeightsError(
@@ -551,15 +549,15 @@ def hub_snapshot(
         ) from e
     except EntryNotFoundError as e:
         raise MissingWeightsError(f"model {label}: {e}") from e
-    if not (folder / HUB_CONFIG_FILE).is_file():
-        raise MissingWeightsError(f"model {label} on the Hub has no {HUB_CONFIG_FILE}")
-    if not any((folder / f).is_file() for f in HUB_SAFETENSORS_FILES) and not (
+    if not (folder / config_file).is_file():
+        raise MissingWeightsError(f"model {label} on the Hub has no {config_file}")
+    if not any((folder / f).is_file() for f in weight_files) and not (
         allow_ckpt and any(folder.glob("*.ckpt"))
     ):
         extra = "" if allow_ckpt else " (its .ckpt files were not fetched: allow_ckpt=False)"
         raise MissingWeightsError(
             f"model {label} has no weights wfvae reads: expected one of "
-            f"{list(HUB_SAFETENSORS_FILES)} or a *.ckpt file{extra}"
+            f"{weight_files} or a *.ckpt file{extra}"
             + (" in the local Hugging Face cache" if is_offline else "")
         )
     return folder

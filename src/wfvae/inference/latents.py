@@ -42,6 +42,7 @@ from wfvae.inference.reconstruct import (
     FORMATS,
     DecodedItems,
     add_conv_argument,
+    add_offline_argument,
     check_num_frames,
     config_hash,
     load_for_inference,
@@ -138,7 +139,7 @@ def encode_folder(
     crop_size: int | None = None, sample: bool = False, apply_scale_shift: bool = False, shard_size: int = 64,
     chunk_size: int | None = None, device: str = "auto", config: str | None = None, cache_dir: str | None = None,
     seed: int = 0, conv: str = "winograd", model_name: str | None = None, overwrite: bool = False,
-    num_workers: int = 2,
+    num_workers: int = 2, offline: bool = False,
 ) -> dict:
     """Encode every usable video below ``video_path`` into ``out``. Returns a summary dict.
 
@@ -164,7 +165,8 @@ def encode_folder(
         raise InputError(f"--shard_size must be >= 1, got {shard_size}")
     env = init_distributed(device)
     try:
-        model = load_for_inference(ckpt, conv, config=config, model_name=model_name, device=env.device)
+        model = load_for_inference(ckpt, conv, config=config, model_name=model_name, device=env.device,
+                                   offline=offline or None)
         check_num_frames(model, num_frames)
         try:
             dataset = VideoFolderDataset(video_path, num_frames, sample_rate, resolution, train=False,
@@ -287,7 +289,8 @@ def load_latents(latents_dir: str | Path, which: str = "mean", records: list[dic
 # ------------------------------------------------------------------------------ decode
 def decode_folder(latents: str, ckpt: str, out: str, fmt: str = "mp4", fps: float | None = None,
                   chunk_size: int | None = None, device: str = "auto", config: str | None = None,
-                  conv: str = "winograd", model_name: str | None = None, overwrite: bool = False) -> dict:
+                  conv: str = "winograd", model_name: str | None = None, overwrite: bool = False,
+                  offline: bool = False) -> dict:
     """Decode every latent of a latents folder into ``out/<source path>``; returns a summary dict.
 
     Output names come from the index's ``source`` fields, which are data, not trusted: every record
@@ -305,7 +308,7 @@ def decode_folder(latents: str, ckpt: str, out: str, fmt: str = "mp4", fps: floa
         raise InputError(f"--latents {latents}: no latents found (expected index.json written by `wfvae encode`)")
     targets = _decode_targets(records, latents_dir, out_dir, fmt)
     dev = resolve_device(device)
-    model = load_for_inference(ckpt, conv, config=config, model_name=model_name, device=dev)
+    model = load_for_inference(ckpt, conv, config=config, model_name=model_name, device=dev, offline=offline or None)
     folder = OutputFolder(out_dir, "decode", {
         "ckpt": model_identity(ckpt, model), "latents": os.path.realpath(latents_dir), "format": fmt, "fps": fps,
     }, output_option="--out")
@@ -428,6 +431,7 @@ def _encode_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=2, help="video-decoding worker processes (0: main process)")
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--seed", type=int, default=0)
+    add_offline_argument(p)
     return p
 
 
@@ -451,6 +455,7 @@ def _decode_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", dest="fmt", choices=["mp4", "mkv", "png"], default="mp4")
     p.add_argument("--fps", type=float, default=None, help="frame rate of the videos (default: the source's)")
     p.add_argument("--chunk_size", type=int, default=None, help="decode this many latent frames at a time (exact)")
+    add_offline_argument(p)
     return p
 
 

@@ -61,6 +61,12 @@ def add_conv_argument(parser: argparse.ArgumentParser) -> None:
                              "(GPUs always use cuDNN)")
 
 
+def add_offline_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--offline`` option of the commands that may download weights."""
+    parser.add_argument("--offline", action="store_true",
+                        help="never download (Hub models, metric weights); also WFVAE_OFFLINE=1 / HF_HUB_OFFLINE=1")
+
+
 def load_for_inference(ckpt: str, conv: str = "winograd", **load_kwargs):
     """``load_model`` set up the way the inference commands run it.
 
@@ -72,8 +78,9 @@ def load_for_inference(ckpt: str, conv: str = "winograd", **load_kwargs):
     try:
         model = load_model(ckpt, **load_kwargs)
     except FileNotFoundError as e:
-        raise CheckpointError(f"--ckpt {ckpt}: {e}; pass a model folder (config.json + model.safetensors), "
-                              "a .ckpt or a .safetensors file (with --config)") from e
+        raise CheckpointError(f"--ckpt {ckpt}: {e}; pass a model folder (config.json + "
+                              "diffusion_pytorch_model.safetensors), a .ckpt or a .safetensors file (with --config), "
+                              "or a Hub id owner/name[@revision]") from e
     bad = non_finite_tensors(model)
     if bad:
         raise CheckpointError(f"--ckpt {ckpt}: {len(bad)} weight tensors hold NaN or Inf (first: {bad[0]}); every "
@@ -91,9 +98,10 @@ def config_hash(config: dict) -> str:
 def model_identity(ckpt: str, model) -> dict:
     """What an output folder records about the model: the weights file's name, size and SHA-256,
     and the config hash. Two runs with the same identity produce the same outputs."""
-    from wfvae.models.loading import resolve_weights_file
+    from wfvae.models.loading import resolve_pretrained, resolve_weights_file
 
-    weights = resolve_weights_file(ckpt)
+    # a Hub id was fetched into the Hub cache by load_model just before: read it from there
+    weights = resolve_weights_file(resolve_pretrained(ckpt, offline=True))
     return {"file": weights.name, "size": weights.stat().st_size, "sha256": file_sha256(weights),
             "config": config_hash(model.config)}
 
@@ -114,7 +122,7 @@ class ReconstructConfig:
     generated_video_dir: str
     """output folder"""
     ckpt: str
-    """anything `wfvae.load_model` takes: model dir, .ckpt or .safetensors (with --config)"""
+    """anything `wfvae.load_model` takes: model dir, .ckpt, .safetensors (with --config), Hub id owner/name[@revision]"""
     config: str | None = None
     """model config.json when --ckpt is a bare weights file"""
     model_name: str | None = None
@@ -161,6 +169,8 @@ class ReconstructConfig:
     """where the dataset probe index is cached"""
     seed: int = 42
     """seed for the subset choice"""
+    offline: bool = False
+    """never download (Hub models, LPIPS trunk); also WFVAE_OFFLINE=1 / HF_HUB_OFFLINE=1"""
 
     def validate(self) -> None:
         """Raise ConfigError listing every value out of range."""
@@ -192,7 +202,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wfvae reconstruct", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--real_video_dir", required=True)
     p.add_argument("--generated_video_dir", required=True)
-    p.add_argument("--ckpt", "--from_pretrained", dest="ckpt", required=True, help="model dir or weights file")
+    p.add_argument("--ckpt", "--from_pretrained", dest="ckpt", required=True,
+                   help="model dir, weights file, or Hugging Face Hub id owner/name[@revision]")
     p.add_argument("--config", default=None)
     p.add_argument("--model_name", choices=["WFVAE", "CausalVAE"], default=None)
     p.add_argument("--num_frames", type=int, default=33)
@@ -217,6 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None)
     p.add_argument("--cache_dir", default=None)
     p.add_argument("--seed", type=int, default=42)
+    add_offline_argument(p)
     # accepted for command-line compatibility with the original scripts; it has no effect here
     p.add_argument("--batch_size", type=int, default=1, help=argparse.SUPPRESS)
     return p
@@ -335,7 +347,8 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
                      "--generated_video_dir")
     env = init_distributed(cfg.device)
     try:
-        model = load_for_inference(cfg.ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=env.device)
+        model = load_for_inference(cfg.ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=env.device,
+                                   offline=cfg.offline or None)
         if src.is_file() and not is_manifest(src):
             dataset = _SingleFile(src, cfg, model.temporal_compression_ratio)
             names = [dataset.item["path"]]
@@ -389,7 +402,8 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
         if "lpips" in cfg.metrics:
             from wfvae.losses.lpips import load_lpips
 
-            lpips_model = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=env.device)
+            lpips_model = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=env.device,
+                                      offline=cfg.offline or None)
         autocast_dtype = DTYPES[cfg.dtype]
         use_autocast = env.device.type == "cuda" and autocast_dtype != torch.float32
         on_cuda = env.device.type == "cuda"

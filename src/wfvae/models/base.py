@@ -24,7 +24,14 @@ from .outputs import DiagonalGaussian, ModelOutput
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+#: Weights file of a model folder: the diffusers name, so the original code (a diffusers ModelMixin)
+#: and other tools that read the diffusers layout load our folders.
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+#: Weights file name wfvae wrote before it switched to the diffusers layout; still read.
+LEGACY_WEIGHTS_NAME = "model.safetensors"
+#: ``_diffusers_version`` written into ``config.json``: diffusers records the version that wrote a
+#: config; this layout has been stable across its releases, so any recent version reads it.
+DIFFUSERS_VERSION = "0.30.0"
 
 
 class VideoAutoencoder(nn.Module):
@@ -234,7 +241,14 @@ class VideoAutoencoder(nn.Module):
         self.load_state_dict(state_dict, strict=False)
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (float tensors as stored) to ``directory``."""
+        """Write the diffusers layout the original code and the released weights use.
+
+        ``directory/config.json`` holds the constructor arguments plus ``_class_name``
+        (``WFVAEModel`` / ``CausalVAEModel``, the original's class names) and
+        ``_diffusers_version``; ``directory/diffusion_pytorch_model.safetensors`` the weights
+        (float tensors as stored). A ``model.safetensors`` left by an older wfvae in the same folder
+        is removed, so the folder holds one set of weights.
+        """
         from safetensors.torch import save
 
         from wfvae.utils.io import atomic_write_bytes
@@ -243,7 +257,9 @@ class VideoAutoencoder(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         atomic_write_bytes(directory / WEIGHTS_NAME, save(tensors, metadata={"format": "pt"}))
-        atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(self.config, indent=2, sort_keys=True) + "\n").encode())
+        config = {**self.config, "_diffusers_version": DIFFUSERS_VERSION}
+        atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+        (directory / LEGACY_WEIGHTS_NAME).unlink(missing_ok=True)
         return directory
 
     # ---------------------------------------------------------------- checks

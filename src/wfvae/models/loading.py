@@ -1,10 +1,12 @@
 """``load_model``: one entry point for every weight format a user may hold.
 
 Accepted:
-  * a directory with ``config.json`` and weights as ``model.safetensors``,
-    ``diffusion_pytorch_model.safetensors`` or ``*.ckpt`` (original training checkpoint);
+  * a directory with ``config.json`` and weights as ``diffusion_pytorch_model.safetensors`` (the
+    diffusers layout of the released weights and of ``save_pretrained``), ``model.safetensors``
+    (folders written by older wfvae versions) or ``*.ckpt`` (original training checkpoint);
   * a ``.ckpt`` / ``.safetensors`` / ``.pt`` file plus a config (dict, path, or a ``config.json``
-    next to the file, or the model config stored inside one of our checkpoints).
+    next to the file, or the model config stored inside one of our checkpoints);
+  * a Hugging Face Hub id ``owner/name`` or ``owner/name@revision`` (see :func:`resolve_pretrained`).
 
 Torch files are always read with ``weights_only=True``.
 """
@@ -21,7 +23,9 @@ import torch
 from wfvae.errors import CheckpointError, ConfigError
 from wfvae.utils.io import load_torch_file
 
-from .base import CONFIG_NAME, WEIGHTS_NAME, VideoAutoencoder, read_config
+from wfvae.downloads import hub_snapshot, parse_hub_id
+
+from .base import CONFIG_NAME, LEGACY_WEIGHTS_NAME, WEIGHTS_NAME, VideoAutoencoder, read_config
 from .causalvae import CausalVAE
 from .wfvae import WFVAE
 
@@ -30,7 +34,9 @@ logger = logging.getLogger(__name__)
 # model names accepted on the command line (--model_name) and in config "_class_name"
 MODEL_CLASSES: dict[str, type[VideoAutoencoder]] = {"WFVAE": WFVAE, "CausalVAE": CausalVAE}
 _CLASS_NAMES = {"WFVAE": WFVAE, "WFVAEModel": WFVAE, "CausalVAE": CausalVAE, "CausalVAEModel": CausalVAE}
-_SAFETENSORS_NAMES = (WEIGHTS_NAME, "diffusion_pytorch_model.safetensors")
+_SAFETENSORS_NAMES = (WEIGHTS_NAME, LEGACY_WEIGHTS_NAME)
+#: What a model folder on the Hub needs: the config, then the weights in the order they are preferred.
+MODEL_FILES = (CONFIG_NAME, *_SAFETENSORS_NAMES)
 
 
 def model_class(name: str) -> type[VideoAutoencoder]:
@@ -140,6 +146,34 @@ def non_finite_tensors(model: torch.nn.Module) -> list[str]:
             if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
+def resolve_pretrained(
+    name_or_path: str | Path, revision: str | None = None, offline: bool | None = None
+) -> Path:
+    """A local path for a model given as a path or a Hugging Face Hub id.
+
+    The rule: an existing local path always wins. Otherwise a string of the form
+    ``owner/name`` or ``owner/name@revision`` (one ``/``, not starting with ``.`` or ``~``, no
+    weights-file suffix) is a Hub id, fetched with :func:`wfvae.downloads.hub_snapshot` (config
+    and safetensors only, Hub cache honoured, nothing downloaded offline). Anything else is a
+    missing local path.
+
+    Raises:
+        FileNotFoundError: not a local path and not a Hub id.
+        MissingWeightsError: a Hub id that cannot be fetched (offline and not cached, unknown
+            repository or revision, no weights).
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if revision:
+            raise ValueError(f"revision={revision!r} applies to Hub ids; '{name_or_path}' is a local path")
+        return path
+    if isinstance(name_or_path, Path) or parse_hub_id(str(name_or_path)) is None:
+        raise FileNotFoundError(
+            f"no model at {path} (not an existing local path, nor a Hub id 'owner/name[@revision]')"
+        )
+    return hub_snapshot(str(name_or_path), revision, files=MODEL_FILES, offline=offline)
+
+
 def load_model(
     path: str | Path,
     config: dict[str, Any] | str | Path | None = None,
@@ -148,20 +182,26 @@ def load_model(
     prefer_ema: bool = True,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    revision: str | None = None,
+    offline: bool | None = None,
 ) -> VideoAutoencoder:
     """Load a WFVAE / CausalVAE with its weights, in eval mode.
 
     Args:
-        path: a model directory or a weights file (see module docstring).
+        path: a model directory, a weights file, or a Hub id ``owner/name[@revision]`` (see the
+            module docstring; an existing local path always wins).
         config: model config (dict or path) when ``path`` is a file without a ``config.json``
             beside it.
         model_name: "WFVAE" / "CausalVAE" when the config has no ``_class_name``.
         ignore_mismatched_sizes: keep fresh weights for tensors whose shape differs.
         prefer_ema: for training checkpoints, use the EMA weights when present.
+        revision: Hub branch, tag or commit (the same as ``@revision`` in ``path``).
+        offline: never download (``None``: ``WFVAE_OFFLINE`` / ``HF_HUB_OFFLINE`` decide).
     Raises:
-        FileNotFoundError: nothing to load at ``path``; CheckpointError: weights don't fit.
+        FileNotFoundError: nothing to load at ``path``; CheckpointError: weights don't fit;
+        MissingWeightsError: a Hub model that cannot be fetched.
     """
-    path = Path(path)
+    path = resolve_pretrained(path, revision=revision, offline=offline)
     weights = resolve_weights_file(path)
     if path.is_dir() and config is None:
         config = path / CONFIG_NAME

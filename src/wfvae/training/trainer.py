@@ -132,8 +132,10 @@ def _encoder_side(model: nn.Module) -> list[nn.Module]:
 
 def _read_model_config(cfg: TrainConfig, ckpt: dict | None) -> dict:
     """Architecture source, in order: the resumed checkpoint's stored config, --model_config, the pretrained
-    folder's config.json. A --model_config that differs from the checkpoint's is ignored with a warning."""
+    folder's config.json (a Hub id is fetched into the Hub cache here, before any worker starts). A
+    --model_config that differs from the checkpoint's is ignored with a warning."""
     from wfvae.models.base import read_config
+    from wfvae.models.loading import resolve_pretrained
 
     stored = ckpt.get("model_config") if ckpt is not None else None
     cli = read_config(cfg.model_config) if cfg.model_config else None
@@ -146,7 +148,7 @@ def _read_model_config(cfg: TrainConfig, ckpt: dict | None) -> dict:
     if cli is not None:
         return cli
     if cfg.pretrained_model_name_or_path:
-        p = Path(cfg.pretrained_model_name_or_path)
+        p = resolve_pretrained(cfg.pretrained_model_name_or_path, offline=cfg.offline or None)
         for candidate in (p / "config.json", p.parent / "config.json"):
             if candidate.is_file():
                 return read_config(candidate)
@@ -269,7 +271,7 @@ class Trainer:
         if cfg.pretrained_model_name_or_path and ckpt is None:
             logger.info("loading pretrained weights from %s", cfg.pretrained_model_name_or_path)
             model = load_model(cfg.pretrained_model_name_or_path, config=cfg.model_config, model_name=cfg.model_name,
-                               ignore_mismatched_sizes=cfg.ignore_mismatched_sizes)
+                               ignore_mismatched_sizes=cfg.ignore_mismatched_sizes, offline=cfg.offline or None)
         else:
             model = model_cls.from_config(_read_model_config(cfg, ckpt))
         if not isinstance(model, model_cls):
@@ -353,7 +355,7 @@ class Trainer:
 
         # --- tracker (main process only) -------------------------------------------------------------
         if env.is_main:
-            from wfvae.utils.metrics_logger import MetricsLogger
+            from wfvae.training.metrics_logger import MetricsLogger
 
             tracker_config = {**{f"model/{k}": v for k, v in self.model_config.items()}, **cfg.to_dict()}
             self.metrics = MetricsLogger(self.run_dir, report_to=cfg.report_to, run_name=cfg.run_name,
