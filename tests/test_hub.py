@@ -149,3 +149,19 @@ def test_commands_accept_a_hub_id(tmp_path, video_dir):
     assert missing.returncode == 2
     assert "owner/absent" in missing.stderr and "--offline was given" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_train_accepts_a_hub_id_as_pretrained_model(tmp_path, monkeypatch, video_dir, capsys):
+    import huggingface_hub.constants
+
+    from wfvae.training.trainer import main
+
+    cache, _ = _hub_cache(tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    argv = ["--model_name", "WFVAE", "--video_path", str(video_dir), "--num_frames", "9", "--resolution", "16",
+            "--report_to", "none", "--perceptual_weight", "0", "--ckpt_dir", str(tmp_path / "ckpt"), "--check_only"]
+    assert main([*argv, "--pretrained_model_name_or_path", "owner/tiny-vae@v1"]) == 0
+    assert main([*argv, "--pretrained_model_name_or_path", "owner/absent"]) == 2  # offline (conftest), not cached
+    assert main([*argv, "--pretrained_model_name_or_path", "no/such/folder"]) == 2
+    err = capsys.readouterr().err
+    assert "'owner/absent' is not a local path" in err and "is not a Hub id" in err
