@@ -141,11 +141,11 @@ def test_commands_accept_a_hub_id(tmp_path, video_dir):
     cmd = [sys.executable, "-m", "wfvae", "encode", "--video_path", str(video_dir), "--ckpt", "owner/tiny-vae@v1",
            "--out", str(tmp_path / "latents"), "--num_frames", "5", "--resolution", "16", "--device", "cpu",
            "--offline"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(json.loads((tmp_path / "latents" / "index.json").read_text())) == 4
     missing = subprocess.run([*cmd[:7], "owner/absent", *cmd[8:]], env=env, capture_output=True, text=True,
-                             timeout=300)
+                             timeout=900)
     assert missing.returncode == 2
     assert "owner/absent" in missing.stderr and "--offline was given" in missing.stderr
     assert "Traceback" not in missing.stderr
