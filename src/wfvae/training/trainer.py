@@ -200,7 +200,9 @@ class _LossAverager:
             self.counts[k] = self.counts.get(k, 0) + 1
 
     def pop(self) -> dict[str, float]:
-        out = {k: (self.sums[k] / self.counts[k]).item() for k in self.sums}  # device sync point
+        keys = list(self.sums)
+        means = torch.stack([self.sums[k] / self.counts[k] for k in keys]).tolist() if keys else []  # one sync
+        out = dict(zip(keys, means))
         self.sums.clear()
         self.counts.clear()
         return out
@@ -587,7 +589,8 @@ class Trainer:
         # One small all-reduce carries the loss (for the log), the norm and the stop request, so every rank
         # takes the same decision; .tolist() is the step's one host-device sync point.
         flags = torch.stack([loss.detach().float(), grad_norm.detach().float().to(self.device),
-                             torch.tensor(float(self._stop_signal is not None), device=self.device)])
+                             # torch.full, not torch.tensor: no second, blocking host-to-device copy
+                             torch.full((), float(self._stop_signal is not None), device=self.device)])
         loss_sum, norm_sum, stop = all_reduce_sum_(flags, env).tolist()
         if stop > 0:
             self._stop_agreed = True  # every rank sees the same sum, so every rank stops at the same step
@@ -601,6 +604,10 @@ class Trainer:
             return "overflow", grad_norm
         if not (loss_ok and grad_ok):
             opt.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                # unscale_ above recorded this optimizer's inf check; update() consumes it (and lowers the scale),
+                # else the next unscale_ raises "unscale_() has already been called ... since the last update()"
+                self.scaler.update()
             return "nonfinite", grad_norm
         self.scaler.step(opt)
         self.scaler.update()
