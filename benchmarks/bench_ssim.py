@@ -100,15 +100,21 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def measure_memory(method: str, frames: int, size: int) -> dict:
-    """Run in a fresh process: peak RSS growth of one SSIM call, frames already in memory."""
-    clip, decoded = make_pair(frames, size)
-    per_frame("ours", clip[:1], decoded[:1])  # import and warm up torch's conv before measuring
-    per_frame("skimage", clip[:1, :32, :32], decoded[:1, :32, :32])
+def measure_memory(method: str, frames_file: str) -> dict:
+    """Run in a fresh process: peak RSS growth of one SSIM call. The frames are read from a .npz the
+    parent wrote (decoding video here would raise the high-water mark before the measurement)."""
+    if frames_file:
+        data = np.load(frames_file)
+        clip, decoded = data["clip"], data["decoded"]
+    else:  # made here (raises the high-water mark before the call; --_frames_file avoids that)
+        clip, decoded = make_pair(33, 256)
+    per_frame(method, clip[:1, :32, :32], decoded[:1, :32, :32])  # imports and first-call set-up
     before = _peak_mb()
+    start_cpu = time.process_time()
     per_frame(method, clip, decoded)
+    cpu_s = time.process_time() - start_cpu
     after = _peak_mb()
-    return {"peak_mb": after, "before_mb": before, "growth_mb": after - before}
+    return {"peak_mb": after, "before_mb": before, "growth_mb": after - before, "cpu_s": cpu_s}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,43 +123,57 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS))
     p.add_argument("--json", default=None)
     p.add_argument("--_memory", default=None, help=argparse.SUPPRESS)  # internal: one method, fresh process
+    p.add_argument("--_frames_file", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args._memory:
-        print(json.dumps(measure_memory(args._memory, args.frames, args.size)))
+        print(json.dumps(measure_memory(args._memory, args._frames_file)))
         return 0
 
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        p.error(f"unknown --methods {unknown}; choose from {', '.join(METHODS)}")
     load_start = os.getloadavg()
     clip, decoded = make_pair(args.frames, args.size)
     reference = per_frame("skimage", clip, decoded)
-    for method in METHODS:  # imports and first-call set-up are not timed
+    for method in methods:  # imports and first-call set-up are not timed
         per_frame(method, clip[:2], decoded[:2])
-    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    cpu: dict[str, list[float]] = {m: [] for m in methods}  # process CPU seconds: less sensitive to a loaded machine
     max_diff: dict[str, float] = {}
     for _ in range(args.repeats):
-        for method in METHODS:
-            start = time.perf_counter()
+        for method in methods:
+            start, start_cpu = time.perf_counter(), time.process_time()
             values = per_frame(method, clip, decoded)
             times[method].append(time.perf_counter() - start)
+            cpu[method].append(time.process_time() - start_cpu)
+            print(f"{method}: {times[method][-1]:.3f} s", flush=True)
             max_diff[method] = float(np.abs(values - reference).max())
     memory = {}
-    for method in METHODS:
-        out = subprocess.run([sys.executable, __file__, "--frames", str(args.frames), "--size", str(args.size),
-                              "--threads", str(args.threads), "--_memory", method],
-                             capture_output=True, text=True, check=True)
-        memory[method] = json.loads(out.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        frames_file = str(Path(tmp) / "frames.npz")
+        np.savez(frames_file, clip=clip, decoded=decoded)
+        for method in methods:
+            out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--_memory", method,
+                                  "--_frames_file", frames_file], capture_output=True, text=True, check=True)
+            memory[method] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{method}: peak growth {memory[method]['growth_mb']:.0f} MB, cpu {memory[method]['cpu_s']:.2f} s",
+                  flush=True)
     result = {
         "shape": [args.frames, args.size, args.size, 3],
         "mean_ssim_skimage": float(reference.mean()),
-        "time_s": {m: {"runs": times[m], "median": statistics.median(times[m])} for m in METHODS},
+        "time_s": {m: {"runs": times[m], "median": statistics.median(times[m])} for m in methods},
+        "cpu_s": {m: {"runs": cpu[m], "median": statistics.median(cpu[m])} for m in methods},
         "memory": memory,
         "max_abs_diff_vs_skimage_per_frame": max_diff,
         "machine": {"cpu": _cpu_model(), "threads": args.threads,
                     "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "torch": torch.__version__},
     }
-    for m in METHODS:
+    for m in methods:
         print(f"{m:9s} time {result['time_s'][m]['median']:.3f} s  peak growth {memory[m]['growth_mb']:.0f} MB  "
               f"max |diff| vs skimage {max_diff[m]:.2e}")
     print(f"load average {load_start} -> {result['machine']['loadavg_end']}")

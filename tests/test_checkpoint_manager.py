@@ -38,7 +38,8 @@ def test_save_is_atomic_named_by_step_and_weights_only_loadable(tmp_path):
     mgr = CheckpointManager(tmp_path / "run")
     path = mgr.save(_payload(7), step=7)
     assert path.name == "checkpoint-7.ckpt"
-    assert [p.name for p in (tmp_path / "run").iterdir()] == ["checkpoint-7.ckpt"]  # no temporary left
+    # no temporary left; the checksum file sits beside the checkpoint
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint-7.ckpt", "checkpoint-7.ckpt.sha256"]
     raw = torch.load(path, weights_only=True)  # plain tensors / python values only
     assert raw["current_step"] == 7 and "dics_model" in raw["state_dict"]
     assert load_checkpoint(path)["sampler_state"]["current_index"] == 7
@@ -60,7 +61,7 @@ def test_stale_temporary_is_ignored_and_removed(tmp_path):
     (tmp_path / ".tmp-checkpoint-2-999").write_bytes(b"half a checkpoint")
     assert mgr.latest().name == "checkpoint-1.ckpt"
     assert len(mgr.remove_stale_temporaries()) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1.ckpt", "checkpoint-1.ckpt.sha256"]
 
 
 def test_failed_write_leaves_previous_checkpoint(tmp_path):
@@ -70,7 +71,7 @@ def test_failed_write_leaves_previous_checkpoint(tmp_path):
     bad["config"]["unpicklable"] = lambda: None  # torch.save fails half-way
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         mgr.save(bad, step=2)
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-1.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1.ckpt", "checkpoint-1.ckpt.sha256"]
     load_checkpoint(mgr.latest())
 
 
@@ -122,3 +123,23 @@ def test_ema_update_swap_and_original_key_prefix():
         other.load_state_dict({})
     with pytest.raises(ValueError):
         EMA(model, decay=1.0)
+
+
+def test_checksum_detects_damage_and_latest_falls_back(tmp_path, caplog):
+    """Issue 12.9: checkpoints carry a SHA-256; a damaged newest one is skipped for the newest intact one."""
+    from wfvae.training.checkpoint import checksum_path, find_resumable, verify_checkpoint
+
+    mgr = CheckpointManager(tmp_path, keep_last_k=2)
+    for step in (1, 2, 3):
+        mgr.save(_payload(step), step=step)
+    assert not checksum_path(tmp_path / "checkpoint-1.ckpt").exists()  # pruned together with its checkpoint
+    newest = mgr.latest()
+    assert verify_checkpoint(newest) is None
+    raw = bytearray(newest.read_bytes())
+    raw[-100] ^= 0x01
+    newest.write_bytes(bytes(raw))
+    assert "does not match" in verify_checkpoint(newest)
+    with caplog.at_level("WARNING"):
+        path, ckpt = find_resumable([p for _, p in reversed(mgr.list())])
+    assert path.name == "checkpoint-2.ckpt" and ckpt["current_step"] == 2
+    assert "checkpoint-3.ckpt is damaged" in caplog.text

@@ -72,8 +72,9 @@ def test_exact_resume_matches_uninterrupted_run(data, tmp_path):
 
 @pytest.mark.slow
 def test_nan_updates_are_skipped_then_last_checkpoint_is_reloaded(data, tmp_path):
-    # steps 3, 4, 5 get a NaN loss: 3 and 4 are skipped, then (max_nan_skips=2) checkpoint-3 is reloaded and
-    # training continues; 5 is skipped again; 6..7 train normally.
+    # steps 3, 4, 5 get a NaN loss: 3 and 4 are skipped, then (max_nan_skips=2) checkpoint-2, the last one
+    # saved before the streak, is reloaded; no checkpoint is saved during the streak or right after the
+    # reload; 5 is skipped again; 6..7 train normally.
     args = base_args(data, tmp_path, max_steps=7, save_ckpt_step=1, ema=True, max_nan_skips=2,
                      debug_inject_nan_step=3, debug_inject_nan_count=3)
     assert main(args) == 0
@@ -81,16 +82,49 @@ def test_nan_updates_are_skipped_then_last_checkpoint_is_reloaded(data, tmp_path
     events = [r for r in read_metrics(run) if "event" in r]
     assert [(e["event"], e["step"]) for e in events] == [
         ("nonfinite_skip", 3), ("nonfinite_skip", 4), ("nan_reload", 4), ("nonfinite_skip", 5)]
-    c2, c3 = load_ckpt(run / "checkpoint-2.ckpt"), load_ckpt(run / "checkpoint-3.ckpt")
-    # step 3 was a generator step: skipped means generator, its optimizer and the EMA did not move
-    assert max_abs_diff(c2["state_dict"]["gen_model"], c3["state_dict"]["gen_model"]) == 0.0
-    assert max_abs_diff(c2["ema_state_dict"], c3["ema_state_dict"]) == 0.0
-    s2, s3 = c2["optimizer_state"]["gen_optimizer"]["state"], c3["optimizer_state"]["gen_optimizer"]["state"]
-    assert all(max_abs_diff(s2[i], s3[i]) == 0.0 for i in s2)
+    assert next(e for e in events if e["event"] == "nan_reload")["from"].endswith("checkpoint-2.ckpt")
+    saved = sorted(int(p.stem.split("-")[1]) for p in run.glob("checkpoint-*.ckpt"))
+    assert saved == [1, 2, 6, 7]  # 3, 4 and 5 ended inside a non-finite streak (or right after the reload)
     final = load_ckpt(run / "checkpoint-7.ckpt")
     assert final["counters"]["nan_skips_total"] == 3 and final["counters"]["nan_reloads"] == 1
     assert all(torch.isfinite(v).all() for v in final["state_dict"]["gen_model"].values() if v.is_floating_point())
-    assert max_abs_diff(c3["state_dict"]["gen_model"], final["state_dict"]["gen_model"]) > 0  # it trained on
+    c2 = load_ckpt(run / "checkpoint-2.ckpt")
+    assert max_abs_diff(c2["state_dict"]["gen_model"], final["state_dict"]["gen_model"]) > 0  # it trained on
+    assert all((run / f"checkpoint-{s}.ckpt.sha256").is_file() for s in saved)
+
+
+def test_run_that_keeps_diverging_stops_nonzero(data, tmp_path, capsys):
+    """Issue 12.6: every update after step 2 is non-finite; reloading checkpoint-2 cannot help, so after
+    two reloads the run stops with exit 1 and says why, and nothing is exported."""
+    args = base_args(data, tmp_path, max_steps=40, save_ckpt_step=1, max_nan_skips=2, eval_video_path=None,
+                     debug_inject_nan_step=3, debug_inject_nan_count=1000)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "the checkpoint of step 2 was reloaded 2 times" in err and "cannot make progress" in err
+    run = run_dir(tmp_path)
+    assert sorted(int(p.stem.split("-")[1]) for p in run.glob("checkpoint-*.ckpt")) == [1, 2]
+    assert not (run / "pretrained").exists()
+
+
+def test_resume_latest_finds_other_run_folder_and_skips_damaged(data, tmp_path, capsys):
+    """Issue 12.9: 'latest' continues the experiment after --lr changed (new run folder name), and falls
+    back from a damaged newest checkpoint to the newest intact one."""
+    common = {"save_ckpt_step": 1, "eval_video_path": None}
+    assert main(base_args(data, tmp_path, max_steps=2, **common)) == 0
+    (first,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    newest = first / "checkpoint-2.ckpt"
+    raw = bytearray(newest.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte: the file may still load, only the checksum tells
+    newest.write_bytes(bytes(raw))
+    capsys.readouterr()
+    assert main(base_args(data, tmp_path, max_steps=3, lr=5e-5, resume_from_checkpoint="latest", **common)) == 0
+    err = capsys.readouterr().err
+    assert "checkpoint-2.ckpt is damaged" in err
+    assert f"written by run folder {first.name}" in err
+    second = next(p for p in tmp_path.iterdir() if p.is_dir() and p != first)
+    resumed = [r for r in read_metrics(second) if r.get("event") == "resume"]
+    assert resumed and resumed[0]["from"].endswith(f"{first.name}/checkpoint-1.ckpt")
+    assert load_ckpt(second / "checkpoint-3.ckpt")["current_step"] == 3
 
 
 def test_nan_policy_stop_and_no_checkpoint_fail_clearly(data, tmp_path, capsys):
@@ -101,4 +135,4 @@ def test_nan_policy_stop_and_no_checkpoint_fail_clearly(data, tmp_path, capsys):
     args = base_args(data, tmp_path / "reload", max_steps=20, max_nan_skips=2, debug_inject_nan_step=1,
                      debug_inject_nan_count=50, eval_video_path=None)
     assert main(args) == 1
-    assert "no checkpoint to reload yet" in capsys.readouterr().err
+    assert "no checkpoint with finite weights saved before step 1 to reload" in capsys.readouterr().err

@@ -22,6 +22,9 @@ Layout (keys are public API; ``dics_model`` is the original's spelling and stays
     }
 
 Only tensors and plain Python values are stored, so ``torch.load(..., weights_only=True)`` reads it.
+Each file gets a ``<name>.sha256`` beside it (the SHA-256 of its bytes, written once the file is complete):
+:func:`verify_checkpoint` tells a damaged copy from a good one, and :func:`find_resumable` (``--resume_from_checkpoint
+latest``) falls back from a damaged newest checkpoint to the newest intact one, with a warning.
 A write goes to a hidden temporary file in the same folder, is flushed and fsynced, then renamed over the
 final name (``os.replace`` is atomic on POSIX), and the folder is fsynced. A crash at any point leaves
 either the previous set of checkpoints or the previous set plus the new complete one.
@@ -29,6 +32,7 @@ either the previous set of checkpoints or the previous set plus the new complete
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
@@ -63,8 +67,11 @@ __all__ = [
     "STEP",
     "CheckpointManager",
     "capture_rng_state",
+    "checksum_path",
+    "find_resumable",
     "load_checkpoint",
     "restore_rng_state",
+    "verify_checkpoint",
 ]
 
 # ---- key names (public API: they are the original's; do not "fix" DISC_MODEL's spelling) ----------------
@@ -171,6 +178,7 @@ class CheckpointManager:
             # Includes KeyboardInterrupt: never leave a half-written temporary behind when we can help it.
             tmp.unlink(missing_ok=True)
             raise
+        _write_checksum(final)
         _fsync_dir(self.run_dir)
         size_mb = final.stat().st_size / 2**20
         logger.info("saved checkpoint %s (%.1f MiB) in %.2f s", final, size_mb, time.perf_counter() - start)
@@ -183,7 +191,59 @@ class CheckpointManager:
         found = self.list()
         for _step, path in found[: max(0, len(found) - self.keep_last_k)]:
             path.unlink(missing_ok=True)
+            checksum_path(path).unlink(missing_ok=True)
             logger.info("removed old checkpoint %s (keep_last_k=%d)", path.name, self.keep_last_k)
+
+
+def checksum_path(path: str | os.PathLike) -> Path:
+    """The ``.sha256`` file beside a checkpoint."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_checksum(path: Path) -> None:
+    """``<path>.sha256``: ``<hex digest>  <file name>`` (the ``sha256sum`` format), written atomically."""
+    side = checksum_path(path)
+    tmp = side.with_name(f"{_TMP_PREFIX}{side.name}-{os.getpid()}")
+    tmp.write_text(f"{_sha256(path)}  {path.name}\n")
+    os.replace(tmp, side)
+
+
+def verify_checkpoint(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is damaged (its bytes do not match its ``.sha256``), or None when it matches or has
+    no checksum file (checkpoints of older versions and of the original code)."""
+    path = Path(path)
+    side = checksum_path(path)
+    try:
+        expected = side.read_text().split()[0]
+    except (OSError, IndexError):
+        return None
+    actual = _sha256(path)
+    if actual != expected:
+        return f"its SHA-256 {actual[:12]}... does not match {side.name} ({expected[:12]}...)"
+    return None
+
+
+def find_resumable(candidates: list[Path]) -> tuple[Path, dict[str, Any]] | None:
+    """The first of ``candidates`` (newest first) that is intact and loads; a damaged one is skipped with a
+    warning naming it and the reason. None when none is usable."""
+    for path in candidates:
+        problem = verify_checkpoint(path)
+        if problem is None:
+            try:
+                return path, load_checkpoint(path)
+            except CheckpointError as e:
+                problem = str(e)
+        logger.warning("checkpoint %s is damaged (%s); falling back to the next newest one", path, problem)
+    return None
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

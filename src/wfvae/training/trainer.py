@@ -45,6 +45,7 @@ import math
 import signal
 import sys
 import time
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ from wfvae.training import checkpoint as ck
 from wfvae.training.checkpoint import (
     CheckpointManager,
     capture_rng_state,
+    find_resumable,
     load_checkpoint,
     restore_rng_state,
 )
@@ -72,6 +74,7 @@ from wfvae.training.distributed import (
     init_distributed,
 )
 from wfvae.training.ema import EMA
+from wfvae.training.nonfinite import NonFinitePolicy, TrainingDiverged
 from wfvae.training.parallel import (
     clip_grad_norm_,
     full_model_state_dict,
@@ -90,11 +93,6 @@ __all__ = ["Trainer", "TrainingDiverged", "main", "preflight"]
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite updates and no way (or no permission) to recover."""
-
-
-# ---- helpers ---------------------------------------------------------------------------------------------
 def seed_everything(seed: int) -> None:
     import random
 
@@ -241,7 +239,7 @@ class Trainer:
         self.amp_dtype = PRECISIONS[cfg.mix_precision]
         self.step, self.epoch = 0, 0
         self.counters = {"nan_skips_total": 0, "amp_overflows": 0, "nan_reloads": 0}
-        self.consecutive_skips = 0
+        self.nonfinite = NonFinitePolicy(cfg.max_nan_skips, cfg.nan_policy)
         self._stop_signal: int | None = None  # set by the signal handler of this process
         self._stop_agreed = False  # set when any rank had a signal at the last update (all ranks agree)
         self._old_handlers: dict[int, Any] = {}
@@ -256,16 +254,7 @@ class Trainer:
             self.ckpt.remove_stale_temporaries()
         barrier(env)
 
-        resume_path: Path | None = None
-        if cfg.resume_from_checkpoint == "latest":
-            latest = self.ckpt.latest() if env.is_main else None
-            latest = broadcast_object(str(latest) if latest else None, env)
-            resume_path = Path(latest) if latest else None
-            if resume_path is None:
-                logger.info("--resume_from_checkpoint latest: no checkpoint in %s yet, starting fresh", self.run_dir)
-        elif cfg.resume_from_checkpoint:
-            resume_path = Path(cfg.resume_from_checkpoint)
-        ckpt = load_checkpoint(resume_path) if resume_path else None
+        resume_path, ckpt = self._resume_checkpoint()
 
         # --- model (identical init on every rank: same seed) -----------------------------------------
         seed_everything(cfg.seed)
@@ -483,6 +472,12 @@ class Trainer:
         return same
 
     def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoint-<step>.ckpt`` (collective; rank 0 writes). Not during a non-finite streak nor right
+        after a reload: only weights from before a streak count as good (reload, 'latest', keep_last_k)."""
+        if not self.nonfinite.may_save():
+            logger.warning("step %d: no checkpoint saved (inside a non-finite streak, or no finite update since the "
+                           "last reload)", self.step)
+            return None
         if self.env.distributed:
             identical = self._replicas_identical()
             if self.metrics is not None:
@@ -614,23 +609,80 @@ class Trainer:
         return "ok", grad_norm
 
     def _handle_nonfinite(self, which: str) -> None:
-        self.consecutive_skips += 1
+        """A skipped update: count it; at the limit reload the last good checkpoint or stop (NonFinitePolicy)."""
         self.counters["nan_skips_total"] += 1
+        action = self.nonfinite.skipped(self.step)
         logger.warning("step %d: non-finite %s loss or gradient; update skipped (%d in a row, %d in total)",
-                       self.step, which, self.consecutive_skips, self.counters["nan_skips_total"])
+                       self.step, which, self.nonfinite.consecutive, self.counters["nan_skips_total"])
         if self.metrics is not None:
-            self.metrics.log({"event": "nonfinite_skip", "which": which, "consecutive": self.consecutive_skips,
+            self.metrics.log({"event": "nonfinite_skip", "which": which, "consecutive": self.nonfinite.consecutive,
                               "train/nan_skips_total": self.counters["nan_skips_total"]}, step=self.step)
-        if self.consecutive_skips < self.cfg.max_nan_skips:
+        if action == "continue":
             return
-        latest = self.ckpt.latest() if self.env.is_main else None
-        latest = broadcast_object(str(latest) if latest else None, self.env)
-        if self.cfg.nan_policy == "stop" or latest is None:
-            why = "--nan_policy stop" if self.cfg.nan_policy == "stop" else "no checkpoint to reload yet"
+        target = self._reload_target() if action == "reload" else None
+        if target is None:
+            why = "--nan_policy stop" if action == "stop" else \
+                f"no checkpoint with finite weights saved before step {self.nonfinite.streak_start} to reload"
             raise TrainingDiverged(
-                f"{self.consecutive_skips} consecutive non-finite updates at step {self.step} ({why}). Lower --lr, "
-                f"use --mix_precision fp32/bf16, or resume from an earlier checkpoint (latest: {latest}).")
-        self._reload_weights(Path(latest))
+                f"{self.nonfinite.consecutive} consecutive non-finite updates at step {self.step} ({why}). Lower "
+                f"--lr, use --mix_precision fp32/bf16, or resume from an earlier checkpoint.")
+        from_step, path = target
+        self.nonfinite.reloaded(from_step)  # raises TrainingDiverged when this checkpoint keeps diverging
+        self._reload_weights(path)
+
+    def _reload_target(self) -> tuple[int, Path] | None:
+        """The newest checkpoint saved before the non-finite streak whose generator weights are all finite
+        (chosen on rank 0, broadcast); None when there is none."""
+        chosen = None
+        if self.env.is_main:
+            for step, path in self.nonfinite.reload_candidates(self.ckpt.list()):
+                try:
+                    ckpt = load_checkpoint(path)
+                except CheckpointError as e:
+                    logger.warning("not reloading %s: %s", path, e)
+                    continue
+                if all(bool(torch.isfinite(t).all()) for t in ck_get(ckpt, ck.STATE_DICT, ck.GEN_MODEL).values()
+                       if t.is_floating_point()):
+                    chosen = (step, str(path))
+                    break
+                logger.warning("not reloading %s: its generator weights hold NaN/Inf", path)
+        chosen = broadcast_object(chosen, self.env)
+        return (chosen[0], Path(chosen[1])) if chosen else None
+
+    def _resume_checkpoint(self) -> tuple[Path | None, dict | None]:
+        """--resume_from_checkpoint: a file, or 'latest' (see :meth:`_latest_of_experiment`); (None, None): fresh."""
+        cfg, env = self.cfg, self.env
+        if cfg.resume_from_checkpoint != "latest":
+            if not cfg.resume_from_checkpoint:
+                return None, None
+            return Path(cfg.resume_from_checkpoint), load_checkpoint(cfg.resume_from_checkpoint)
+        found = self._latest_of_experiment() if env.is_main else None
+        path = broadcast_object(str(found[0]) if found else None, env)
+        if path is None:
+            logger.warning("--resume_from_checkpoint latest: experiment %r has no checkpoint under %s (run folders "
+                           "%s-*); starting a NEW run in %s", cfg.exp_name, cfg.ckpt_dir, cfg.exp_name, self.run_dir)
+            return None, None
+        return Path(path), (found[1] if found else load_checkpoint(path))
+
+    def _latest_of_experiment(self) -> tuple[Path, dict] | None:
+        """The newest intact checkpoint of this experiment, whatever hyperparameters its run folder name holds.
+
+        Run folders are ``<ckpt_dir>/<exp_name>-lr..-bs..``: a rerun with another --lr or --batch_size gets a new
+        folder name, yet 'latest' must continue the experiment. Newest = last written (mtime), then highest
+        step; a damaged checkpoint is skipped with a warning (see :func:`find_resumable`).
+        """
+        root = Path(self.cfg.ckpt_dir)
+        folders = {self.run_dir}
+        if root.is_dir():
+            folders |= {d for d in root.glob(f"{glob_escape(self.cfg.exp_name)}-lr*") if d.is_dir()}
+        found = [(path.stat().st_mtime_ns, step, path) for folder in folders
+                 for step, path in CheckpointManager(folder).list()]
+        result = find_resumable([path for _, _, path in sorted(found, reverse=True)])
+        if result is not None and result[0].parent.resolve() != self.run_dir.resolve():
+            logger.warning("--resume_from_checkpoint latest: resuming experiment %r from %s, written by run folder %s "
+                           "(other hyperparameters); this run writes to %s", self.cfg.exp_name, result[0],
+                           result[0].parent.name, self.run_dir)
+        return result
 
     def _reload_weights(self, path: Path) -> None:
         """Restore weights, optimizers, EMA and scaler from ``path``; keep the step and data position, so the
@@ -646,9 +698,9 @@ class Trainer:
         if self.ema is not None and ckpt.get(ck.EMA_STATE):
             self.ema.load_state_dict(ckpt[ck.EMA_STATE], strict=False)
         self.counters["nan_reloads"] += 1
-        self.consecutive_skips = 0
-        logger.warning("reloaded weights and optimizer state from %s after %d non-finite updates; continuing at "
-                       "step %d with new data", path, self.cfg.max_nan_skips, self.step)
+        logger.warning("reloaded weights and optimizer state from %s (the last good checkpoint, saved before the "
+                       "streak) after %d non-finite updates; continuing at step %d with new data",
+                       path, self.cfg.max_nan_skips, self.step)
         if self.metrics is not None:
             self.metrics.log({"event": "nan_reload", "from": str(path),
                               "train/nan_reloads": self.counters["nan_reloads"]}, step=self.step)
@@ -770,7 +822,7 @@ class Trainer:
                     self.step += 1
                     clips_since += video.shape[0] * env.world_size
                     if status == "ok":
-                        self.consecutive_skips = 0
+                        self.nonfinite.finite(self.step)
                         averager.add(parts)
                     elif status == "nonfinite":
                         self._handle_nonfinite("discriminator" if disc_turn else "generator")
@@ -814,6 +866,12 @@ class Trainer:
             else:
                 if self._last_saved_step != self.step:
                     self.save_checkpoint()
+                bad = [] if self.fsdp else [n for n, t in self.model.state_dict().items()
+                                            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+                if bad:
+                    raise TrainingDiverged(f"training ended with NaN/Inf in {len(bad)} generator tensors (first: "
+                                           f"{bad[0]}); nothing exported. Lower --lr or resume from an earlier "
+                                           "checkpoint.")
                 self.export_pretrained()
                 logger.info("training finished at step %d", self.step)
             return 0
