@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 #: PSNR reported for a video whose MSE is 0 (identical videos). PSNR is infinite there; we report
 #: this finite cap instead so means stay finite, and the evaluation output states the cap and how
@@ -123,11 +122,18 @@ def _ssim_planes(x: torch.Tensor, y: torch.Tensor, taps: torch.Tensor) -> torch.
     """
     n, h, w = x.shape
     x, y = x - 0.5, y - 0.5
-    moments = torch.stack((x, y, x * x, y * y, x * y), dim=1).view(n * 5, 1, h, w)
+    moments = torch.stack((x, y, x * x, y * y, x * y), dim=1)  # (N, 5, H, W)
     k = taps.numel()
-    moments = F.conv2d(moments, taps.view(1, 1, k, 1))  # valid: (N*5, 1, H - 10, W)
-    moments = F.conv2d(moments, taps.view(1, 1, 1, k))  # valid: (N*5, 1, H - 10, W - 10)
-    m_x, m_y, m_xx, m_yy, m_xy = moments.view(n, 5, h - k + 1, w - k + 1).unbind(dim=1)
+    weights = taps.tolist()
+    # "valid" filtering as k shifted, weighted in-place adds per direction: on CPU about 3x less work
+    # than conv2d with a one-channel 11x1 kernel (measured; see benchmarks/RESULTS.md)
+    rows = moments[:, :, 0 : h - k + 1] * weights[0]  # (N, 5, H - 10, W)
+    for i in range(1, k):
+        rows.add_(moments[:, :, i : i + h - k + 1], alpha=weights[i])
+    local = rows[..., 0 : w - k + 1] * weights[0]  # (N, 5, H - 10, W - 10)
+    for i in range(1, k):
+        local.add_(rows[..., i : i + w - k + 1], alpha=weights[i])
+    m_x, m_y, m_xx, m_yy, m_xy = local.unbind(dim=1)
     # population (biased) local variances, as with use_sample_covariance=False
     var_x = m_xx - m_x * m_x
     var_y = m_yy - m_y * m_y
