@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from machine import machine_info
 from wfvae.models.layers import winograd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=str(ROOT / "benchmarks/results/conv_layers.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    info = machine_info(args.threads)
 
     rows = []
     print(f"{'C x T x S':>12} | {'NCDHW s':>8} {'ch-last s':>9} {'wino s':>7} | {'wino/NCDHW':>10} {'wino/ch-last':>12} | "
@@ -80,8 +83,9 @@ def main(argv=None) -> int:
               f"{max(err['ncdhw'], err['channels_last']):10.1e} {err['winograd']:9.1e}"
               + "".join(f" | {k}: {med[k]:.3f} s ({med[k] / med['winograd']:.2f}x)" for k in med if "@" in k), flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"threads": args.threads, "torch": torch.__version__,
-                                           "block_elements": args.block_elements, "rows": rows}, indent=1))
+    info["loadavg_end"] = os.getloadavg()
+    Path(args.json).write_text(json.dumps({"machine": info, "block_elements": args.block_elements, "rows": rows},
+                                          indent=1))
     print(f"wrote {args.json}")
     return 0
 

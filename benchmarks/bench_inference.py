@@ -37,7 +37,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
@@ -67,7 +68,7 @@ def _reset_peak_rss() -> None:
 def _load_ours(job):
     from wfvae.inference.reconstruct import load_for_inference
 
-    return load_for_inference(job["weights"], job.get("conv", "direct"))  # as the inference commands load it
+    return load_for_inference(job["weights"], job.get("conv", "auto"))  # as the inference commands load it
 
 
 def _load_reference(job):
@@ -151,6 +152,11 @@ def worker(job: dict) -> dict:
                     if r >= job["warmup"]:
                         times[name].append(time.perf_counter() - start)
             result["times_s"] = times
+            if job.get("conv") == "auto":
+                from wfvae.models.layers.kernel_choice import CHOOSER
+
+                # per layer shape: the kernel auto mode chose and the two times it chose by
+                result["conv_kernels"] = {k.split(" | ")[-1]: v for k, v in CHOOSER.choices().items()}
             if "reference" in outputs:
                 diff = (outputs["ours"].double() - outputs["reference"].double()).abs().max().item()
                 result["max_abs_diff"] = diff
@@ -197,21 +203,6 @@ def prepare_weights(args, scratch: Path) -> tuple[str, dict]:
     return directory, facts
 
 
-def machine_info(args) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
-            "platform": platform.platform()}
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        info["cpu"] = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "")
-        info["cpus"] = os.cpu_count()
-        info["loadavg_start"] = os.getloadavg()
-    except OSError:
-        pass
-    if args.device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line (also used by ``gpu_check.py --dry_run`` to check its planned arguments)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -225,8 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=sorted(DTYPES))
     p.add_argument("--enc_chunk", type=int, default=8, help="frames per encoder chunk (chunked variant)")
     p.add_argument("--dec_chunk", type=int, default=2, help="latent frames per decoder chunk (chunked variant)")
-    p.add_argument("--conv", default="direct", choices=["direct", "winograd"],
-                   help="our 3x3 convolutions: oneDNN's direct kernels or Winograd F(2x2,3x3) (CPU only)")
+    p.add_argument("--conv", default="auto", choices=["auto", "direct", "winograd"],
+                   help="our 3x3 convolutions: auto (as the inference commands: the faster of direct and Winograd "
+                        "per layer shape, timed in this run's first call of each shape), oneDNN's direct kernels, "
+                        "or Winograd F(2x2,3x3) (CPU only)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every process")
     p.add_argument("--repeats", type=int, default=3)
@@ -248,8 +241,12 @@ def main(argv=None) -> int:
     if args.reference_repo and not (Path(args.reference_repo) / "causalvideovae").is_dir():
         p.error(f"--reference_repo {args.reference_repo} has no causalvideovae/ package")
 
+    info = machine_info(args.threads)
     # the seeded weights (1.2 GB for WF-VAE-L) live in a scratch folder that is removed however the run ends
     with tempfile.TemporaryDirectory(prefix="wfvae_bench_") as scratch:
+        # --conv auto: the kernel choices of this run (made in the time worker's warm-up, reused by the memory
+        # workers) live in the scratch folder, not in the user's cache
+        os.environ["WFVAE_CONV_CACHE"] = str(Path(scratch) / "conv_kernels.json")
         weights, facts = prepare_weights(args, Path(scratch))
         rows = []
         header = (f"{'mode':9} {'variant':12} {'dtype':5} {'T':>4} {'px':>4} | {'ours s':>8} {'orig s':>8} {'ratio':>5} | "
@@ -273,8 +270,8 @@ def main(argv=None) -> int:
                     row["memory_reference"] = run_worker(dict(base, what="reference"))
             rows.append(row)
             print(format_row(row), flush=True)
-    out = {"machine": machine_info(args), "config": args.config, "rows": rows}
-    out["machine"]["loadavg_end"] = os.getloadavg()
+    info["loadavg_end"] = os.getloadavg()
+    out = {"machine": info, "config": args.config, "rows": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.json}")
@@ -296,7 +293,7 @@ def format_row(row: dict) -> str:
     m_ours, m_ref = row.get("memory_ours", {}), row.get("memory_reference", {})
     diff = row.get("time", {}).get("max_abs_diff")
     return (
-        f"{row['mode']:9} {row['variant'] + ('+wino' if row.get('conv') == 'winograd' else ''):12} {row['dtype']:5} {row['frames']:4d} {row['size']:4d} | "
+        f"{row['mode']:9} {row['variant'] + {'winograd': '+wino', 'auto': '+auto'}.get(row.get('conv'), ''):12} {row['dtype']:5} {row['frames']:4d} {row['size']:4d} | "
         f"{_num(t_ours, '8.2f')} {_num(t_ref, '8.2f')} {_ratio(t_ours, t_ref)} | "
         f"{_num(m_ours.get('peak_mb'), '8.0f')} {_num(m_ref.get('peak_mb'), '8.0f')} "
         f"{_ratio(m_ours.get('peak_mb'), m_ref.get('peak_mb'))} | "

@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from machine import machine_info
 from wfvae.data.datasets import VideoFolderDataset
 from wfvae.data.synthetic import make_synthetic_video
 from wfvae.data.video_io import write_video
@@ -221,7 +222,7 @@ def main(argv=None) -> int:
     # a kill (SIGTERM) still runs the clean-up of the scratch folders below
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     torch.set_num_threads(args.threads)
-    result: dict = {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
+    result: dict = {"machine": machine_info(args.threads), "cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "python": platform.python_version(), "load_start": os.getloadavg(),
                     "setup": f"{args.num_frames} frames at {args.resolution}x{args.resolution}, "
                              f"{args.repeats} passes, torch threads {args.threads}"}

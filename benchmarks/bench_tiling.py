@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from machine import machine_info
 from wfvae.models import build_model, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +56,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    info = machine_info(args.threads)
     if args.weights:
         model = load_model(args.weights).eval()
     else:
@@ -76,7 +79,8 @@ def main(argv=None) -> int:
                 model.disable_tiling()
                 rows.append({"tile": tile, "overlap": overlap, "time_s": seconds, "psnr_db": psnr(tiled, reference)})
                 print(f"{tile:5d} {overlap:7.2f} | {seconds:7.2f} | {rows[-1]['psnr_db']:20.2f}", flush=True)
-    out = {"config": args.config, "frames": args.frames, "size": args.size, "threads": args.threads,
+    info["loadavg_end"] = os.getloadavg()
+    out = {"machine": info, "config": args.config, "frames": args.frames, "size": args.size, "threads": args.threads,
            "untiled_s": untiled_s, "rows": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

@@ -55,10 +55,8 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,6 +64,8 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISION = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -207,20 +207,6 @@ class OriginalTrainer:
 
 
 # --------------------------------------------------------------------------- driver
-def machine_info(args) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        info["cpu"] = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                            if line.startswith("Model name")), "")
-    except OSError:
-        pass
-    if args.device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="wfvae_bench_train_"))
@@ -338,7 +324,7 @@ def main(argv=None) -> int:
     if args.warmup < 1:
         p.error("--warmup must be >= 1 (the first pair gives the loss comparison)")
 
-    info = machine_info(args)
+    info = machine_info(args.threads)
     print(f"config {args.config}: {args.frames}x{args.size}x{args.size}, batch {args.batch}, {args.dtype}, "
           f"{args.device}; LPIPS trunk random in both (no VGG16 weights on this machine)", flush=True)
     result = run(args)

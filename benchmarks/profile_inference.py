@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rows", type=int, default=15)
-    p.add_argument("--conv", default="direct", choices=["direct", "winograd"], help="our 3x3 convolutions")
+    p.add_argument("--conv", default="direct", choices=["auto", "direct", "winograd"], help="our 3x3 convolutions")
     p.add_argument("--record_shapes", action="store_true", help="also print the table grouped by input shape")
     args = p.parse_args(argv)
 
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ours = build_model(config).eval()
     reference_state = {k: v.contiguous() for k, v in ours.state_dict().items()}
     ours.use_channels_last_weights()  # as the reconstruct / encode / decode commands run it
-    ours.use_winograd_convolutions(args.conv == "winograd")
+    ours.set_conv_kernels(args.conv)
     runs = {"ours": lambda x: ours.decode(ours.encode(x).mode())}
     if args.reference_repo:
         sys.path.insert(0, args.reference_repo)  # the original is imported only for this comparison

@@ -61,6 +61,10 @@ MESSY_NUM_FRAMES = 8  # with sample_rate 2 a clip needs 16 frames: short.webm (6
 MESSY_SAMPLE_RATE = 2
 
 
+# Tests never write the user's convolution-kernel cache (~/.cache/wfvae); subprocesses inherit this.
+os.environ["WFVAE_CONV_CACHE"] = "off"
+
+
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

@@ -89,3 +89,14 @@ def test_bench_index_runs_and_cleans_up(tmp_path):
     assert result["changed"]["stats"] == {"probed": 4, "cached": 396, "trusted": 0}
     assert all(w["stats"]["cached"] == 400 for w in result["warm"]) and result["warm_dataset"]["videos"] == 400
     assert result["cold"]["stats"]["probed"] == 40 and "cold probe" in proc.stdout
+
+
+def test_bench_train_memory_runs_and_cleans_up(tmp_path, tiny_config):
+    out = tmp_path / "train_memory.json"
+    _run("bench_train_memory.py", tmp_path, "--config", str(tiny_config), "--frames", "5", "--size", "32",
+         "--repeats", "1", "--warmup", "0", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert set(result["memory"]) == {"ours", "ours_ckpt"}  # no --reference_repo given
+    assert all(m["peak_mb"] >= m["base_mb"] > 0 for m in result["memory"].values())
+    assert result["time"]["grad_max_rel_diff_ckpt_vs_plain"] == 0.0
+    assert result["machine"]["cpu"] and isinstance(result["machine"]["isa_flags"], list)

@@ -1,5 +1,7 @@
 """Winograd F(2x2, 3x3) convolutions: equal to the direct convolution up to float rounding."""
 
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -7,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from wfvae.models import build_model
-from wfvae.models.layers import winograd
+from wfvae.models.layers import kernel_choice, winograd
 from wfvae.models.layers.conv import CausalConv3d, FrameConv2d
 
 CONFIGS = Path(__file__).parents[1] / "examples" / "configs"
@@ -85,7 +87,7 @@ def test_models_match_with_winograd_full_and_chunked(monkeypatch, config):
     with torch.no_grad():
         expected = model.decode(model.encode(x).mode())
         assert not calls
-        fast = model.use_winograd_convolutions()
+        fast = model.set_conv_kernels("winograd")
         assert fast is model
         full = model.decode(model.encode(x).mode())
         assert calls
@@ -96,7 +98,7 @@ def test_models_match_with_winograd_full_and_chunked(monkeypatch, config):
 
 def test_gradients_and_small_inputs_use_the_direct_kernel(monkeypatch):
     torch.manual_seed(0)
-    model = build_model(CONFIGS / "wfvae_tiny.json").use_winograd_convolutions()
+    model = build_model(CONFIGS / "wfvae_tiny.json").set_conv_kernels("winograd")
     calls = []
     real = winograd.conv3d
     monkeypatch.setattr(winograd, "conv3d", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -105,5 +107,84 @@ def test_gradients_and_small_inputs_use_the_direct_kernel(monkeypatch):
     with torch.no_grad():
         model.encode(x)  # below MIN_OUTPUT_PIXELS everywhere
     assert not calls
-    model.use_winograd_convolutions(False)
-    assert not any(getattr(m, "winograd", False) for m in model.modules())
+    model.set_conv_kernels("direct")
+    assert {getattr(m, "conv_kernel", "direct") for m in model.modules()} == {"direct"}
+    with pytest.raises(ValueError, match="auto"):
+        model.set_conv_kernels("fast")
+
+
+def _slow(fn, seconds=0.3):
+    def wrapped(*args, **kwargs):
+        time.sleep(seconds)
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+@pytest.mark.parametrize("slower", ["winograd", "direct"])
+def test_auto_mode_times_both_once_per_shape_and_keeps_the_faster(monkeypatch, tmp_path, slower):
+    """'auto': the first call of a shape runs both kernels, later calls only the faster one."""
+    monkeypatch.setenv(kernel_choice.CACHE_ENV, str(tmp_path / "kernels.json"))
+    monkeypatch.setattr(kernel_choice, "CHOOSER", kernel_choice.KernelChooser())
+    monkeypatch.setattr(winograd, "MIN_OUTPUT_PIXELS", 0)
+    calls = {"winograd": 0, "direct": 0}
+    real_wino, real_direct = winograd.conv3d, torch.nn.Conv3d.forward
+
+    def wino(*a, **k):
+        calls["winograd"] += 1
+        return real_wino(*a, **k)
+
+    def direct(self, x):
+        calls["direct"] += 1
+        return real_direct(self, x)
+
+    monkeypatch.setattr(winograd, "conv3d", _slow(wino) if slower == "winograd" else wino)
+    monkeypatch.setattr(torch.nn.Conv3d, "forward", _slow(direct) if slower == "direct" else direct)
+    torch.manual_seed(0)
+    conv = CausalConv3d(6, 5, 3, padding=1).double()
+    model = torch.nn.Module()
+    model.conv = conv
+    conv.conv_kernel = "auto"
+    x = torch.rand(1, 6, 4, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        expected = real_direct(conv.conv, F.pad(x, (0, 0, 0, 0, 2, 0), mode="replicate"))
+        first = conv(x)
+        measured = dict(calls)
+        for _ in range(3):
+            again = conv(x)
+    faster = "direct" if slower == "winograd" else "winograd"
+    assert measured["winograd"] == 1 and measured["direct"] in (1, 2)  # direct is timed twice when it lost
+    assert calls[faster] == measured[faster] + 3 and calls[slower] == measured[slower]
+    torch.testing.assert_close(first, expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(again, expected, atol=1e-12, rtol=0)
+    (entry,) = kernel_choice.CHOOSER.choices().values()
+    assert entry["kernel"] == faster
+    # a new process (a fresh chooser) reads the choice from the cache file instead of timing again
+    saved = json.loads((tmp_path / "kernels.json").read_text())["entries"]
+    (key,) = saved
+    assert kernel_choice.machine_key() in key and "conv3d x(1, 6, 6, 8, 8) float64" in key
+    monkeypatch.setattr(kernel_choice, "CHOOSER", kernel_choice.KernelChooser())
+    calls.update(winograd=0, direct=0)
+    with torch.no_grad():
+        conv(x)
+    assert calls[slower] == 0 and calls[faster] == 1
+
+
+def test_auto_mode_cache_file_problems_are_not_fatal(monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(winograd, "MIN_OUTPUT_PIXELS", 0)
+    bad = tmp_path / "kernels.json"
+    bad.write_text("{not json")
+    monkeypatch.setenv(kernel_choice.CACHE_ENV, str(bad))
+    monkeypatch.setattr(kernel_choice, "CHOOSER", kernel_choice.KernelChooser())
+    torch.manual_seed(0)
+    model = build_model(CONFIGS / "wfvae_tiny.json").double().eval()
+    x = torch.rand(1, 3, 5, 16, 16, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        expected = model.decode(model.encode(x).mode())
+        model.set_conv_kernels("auto")
+        got = model.decode(model.encode(x).mode())
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+    assert "ignoring unreadable convolution kernel cache" in caplog.text
+    assert json.loads(bad.read_text())["entries"]  # rewritten whole with this run's choices
+    # "off": choices stay in memory, nothing is written
+    monkeypatch.setenv(kernel_choice.CACHE_ENV, "off")
+    assert kernel_choice.default_cache_path() is None

@@ -138,7 +138,7 @@ def encode_folder(
     video_path: str, ckpt: str, out: str, num_frames: int = 33, sample_rate: int = 1, resolution: int = 256,
     crop_size: int | None = None, sample: bool = False, apply_scale_shift: bool = False, shard_size: int = 64,
     chunk_size: int | None = None, device: str = "auto", config: str | None = None, cache_dir: str | None = None,
-    seed: int = 0, conv: str = "winograd", model_name: str | None = None, overwrite: bool = False,
+    seed: int = 0, conv: str = "auto", model_name: str | None = None, overwrite: bool = False,
     num_workers: int = 2, offline: bool = False,
 ) -> dict:
     """Encode every usable video below ``video_path`` into ``out``. Returns a summary dict.
@@ -289,7 +289,7 @@ def load_latents(latents_dir: str | Path, which: str = "mean", records: list[dic
 # ------------------------------------------------------------------------------ decode
 def decode_folder(latents: str, ckpt: str, out: str, fmt: str = "mp4", fps: float | None = None,
                   chunk_size: int | None = None, device: str = "auto", config: str | None = None,
-                  conv: str = "winograd", model_name: str | None = None, overwrite: bool = False,
+                  conv: str = "auto", model_name: str | None = None, overwrite: bool = False,
                   offline: bool = False) -> dict:
     """Decode every latent of a latents folder into ``out/<source path>``; returns a summary dict.
 

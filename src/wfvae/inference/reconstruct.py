@@ -56,9 +56,10 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def add_conv_argument(parser: argparse.ArgumentParser) -> None:
     """The ``--conv`` option shared by reconstruct, encode and decode."""
-    parser.add_argument("--conv", choices=["winograd", "direct"], default="winograd",
-                        help="3x3 convolutions on CPU: Winograd F(2x2,3x3) or oneDNN's direct kernels "
-                             "(GPUs always use cuDNN)")
+    parser.add_argument("--conv", choices=["auto", "winograd", "direct"], default="auto",
+                        help="3x3 convolutions on CPU: auto = time oneDNN's direct kernel and Winograd F(2x2,3x3) "
+                             "once per layer shape and keep the faster (cached in ~/.cache/wfvae, "
+                             "$WFVAE_CONV_CACHE); winograd or direct force one (GPUs always use cuDNN)")
 
 
 def add_offline_argument(parser: argparse.ArgumentParser) -> None:
@@ -67,11 +68,12 @@ def add_offline_argument(parser: argparse.ArgumentParser) -> None:
                         help="never download (Hub models, metric weights); also WFVAE_OFFLINE=1 / HF_HUB_OFFLINE=1")
 
 
-def load_for_inference(ckpt: str, conv: str = "winograd", **load_kwargs):
+def load_for_inference(ckpt: str, conv: str = "auto", **load_kwargs):
     """``load_model`` set up the way the inference commands run it.
 
-    Convolution weights are stored channels-last, and ``conv="winograd"`` turns on Winograd
-    3x3 convolutions (CPU only; see ``VideoAutoencoder.use_winograd_convolutions``).
+    Convolution weights are stored channels-last, and ``conv`` picks the CPU kernel of the 3x3
+    convolutions: ``"auto"`` measures direct vs Winograd per layer shape (see
+    ``VideoAutoencoder.set_conv_kernels``).
     """
     from wfvae.models.loading import load_model, non_finite_tensors
 
@@ -86,7 +88,7 @@ def load_for_inference(ckpt: str, conv: str = "winograd", **load_kwargs):
         raise CheckpointError(f"--ckpt {ckpt}: {len(bad)} weight tensors hold NaN or Inf (first: {bad[0]}); every "
                               "output would be garbage. Use a checkpoint saved before the run diverged.")
     model = model.use_channels_last_weights()
-    return model.use_winograd_convolutions(conv == "winograd")
+    return model.set_conv_kernels(conv)
 
 
 def config_hash(config: dict) -> str:
@@ -145,8 +147,8 @@ class ReconstructConfig:
     """decode this many latent frames at a time; exact"""
     dtype: str = "fp32"
     """fp32 | bf16 | fp16 (autocast on CUDA; fp32 math is always used on CPU)"""
-    conv: str = "winograd"
-    """3x3 convolutions on CPU: winograd (F(2x2,3x3), fewer multiply-adds) | direct (oneDNN kernels)"""
+    conv: str = "auto"
+    """3x3 convolutions on CPU: auto (time direct and Winograd per layer shape, keep the faster) | winograd | direct"""
     device: str = "auto"
     """auto | cpu | cuda"""
     format: str = "mp4"

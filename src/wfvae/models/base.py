@@ -15,7 +15,7 @@ from wfvae.errors import CheckpointError, ConfigError
 
 from .layers.blocks import AttnBlock3D
 from .layers.checkpointing import is_checkpointable, set_gradient_checkpointing
-from .layers import winograd
+from .layers import kernel_choice, winograd
 from .layers.conv import CausalConv3d, FrameConv2d, to_channels_last
 from .layers.norm import is_clip_level
 from .layers.stream import StopChunk, StreamState
@@ -126,24 +126,33 @@ class VideoAutoencoder(nn.Module):
                 conv.weight.data = to_channels_last(conv.weight.data)
         return self
 
-    def use_winograd_convolutions(self, enabled: bool = True) -> VideoAutoencoder:
-        """Compute 3x3 convolutions with Winograd F(2x2, 3x3) on CPU inference; returns ``self``.
+    def set_conv_kernels(self, mode: str = "auto") -> VideoAutoencoder:
+        """Choose how the 3x3 convolutions run in CPU inference; returns ``self``.
 
-        Every stride-1 convolution with a 3x3 spatial kernel (the causal 3x3x3 convs and the
-        per-frame 3x3 convs, which are most of the model's work) then needs 2.25x fewer
-        multiply-adds; on a 2-core CPU these layers run in 0.51-0.69x of the time of oneDNN's
-        direct kernels (``benchmarks/RESULTS.md``). It applies only to CPU float32/float64
-        inputs without gradients; training and GPUs use the regular kernels. The result differs
-        from the direct convolution by float rounding alone: against a float64 reference the
-        Winograd float32 layer error was 8x smaller than the direct kernel's. Each call works in
-        blocks of frames and tile rows (about 32 MiB of transformed input each), so it adds no
-        measurable peak memory over the direct kernels.
+        Applies to every stride-1 convolution with a 3x3 spatial kernel (the causal 3x3x3 convs
+        and the per-frame 3x3 convs, most of the model's work) when it runs on CPU in float32 or
+        float64 without gradients; training, GPUs and bf16 always use PyTorch's kernels.
+
+        Args:
+            mode: ``"auto"`` (what the inference commands use): the first call of each
+                convolution shape times oneDNN's direct kernel and our Winograd F(2x2, 3x3)
+                (2.25x fewer multiply-adds, built from GEMMs) and keeps the faster for that
+                shape, in memory and in a small cache file (see
+                :mod:`wfvae.models.layers.kernel_choice`); which one wins depends on the CPU
+                (``benchmarks/RESULTS.md`` has a table per machine). ``"winograd"`` or
+                ``"direct"`` force one kernel (``"direct"`` is the default of a fresh model).
+
+        Both kernels compute the same convolution up to float rounding (against a float64
+        reference the Winograd float32 layer error was smaller than the direct kernel's).
+        Winograd works in blocks of frames and tile rows (about 32 MiB of transformed input
+        each), so it adds no measurable peak memory over the direct kernels.
         """
+        kernel_choice.check_mode(mode)
         for module in self.modules():
-            if isinstance(module, CausalConv3d):
-                module.winograd = enabled and winograd.supports(module.conv)
-            elif isinstance(module, FrameConv2d):
-                module.winograd = enabled and winograd.supports(module)
+            if isinstance(module, CausalConv3d) and winograd.supports(module.conv):
+                module.conv_kernel = mode
+            elif isinstance(module, FrameConv2d) and winograd.supports(module):
+                module.conv_kernel = mode
         return self
 
     def _tile_geometry(self) -> tuple[int, int]:

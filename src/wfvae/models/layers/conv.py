@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import winograd
+from . import kernel_choice, winograd
 from .stream import StreamState, causal_time_window
 
 
@@ -49,18 +49,25 @@ class FrameConv2d(nn.Conv2d):
     Takes videos (B, C, T, H, W) or images (N, C, H, W).
     """
 
-    winograd = False  # Winograd F(2x2, 3x3) on CPU without gradients; see use_winograd_convolutions
+    conv_kernel = "direct"  # or "winograd" / "auto" on CPU without gradients; see VideoAutoencoder.set_conv_kernels
 
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
-        if self.winograd and winograd.applies(x, 1):
-            weight = self.weight.unsqueeze(2)  # a 3D kernel with one time tap
-            if x.dim() == 4:
-                return winograd.conv3d(x.unsqueeze(2), weight, self.bias).squeeze(2)
-            return winograd.conv3d(x, weight, self.bias)
+        if self.conv_kernel != "direct" and winograd.applies(x, 1):
+            key = kernel_choice.call_key("frame2d", x, self.weight)
+            return kernel_choice.CHOOSER.run(self.conv_kernel, key, lambda: self._direct(x), lambda: self._winograd(x))
+        return self._direct(x)
+
+    def _direct(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:
             return super().forward(x)
         # small inputs may take a non-oneDNN kernel that returns NCHW; keep the video channels-last
         return images_to_frames(to_channels_last(super().forward(frames_to_images(x))), x.shape[0])
+
+    def _winograd(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.unsqueeze(2)  # a 3D kernel with one time tap
+        if x.dim() == 4:
+            return winograd.conv3d(x.unsqueeze(2), weight, self.bias).squeeze(2)
+        return winograd.conv3d(x, weight, self.bias)
 
 
 class CausalConv3d(nn.Module):
@@ -77,7 +84,7 @@ class CausalConv3d(nn.Module):
         padding: int or (t, h, w); the time entry is ignored (time is padded causally).
     """
 
-    winograd = False  # Winograd F(2x2, 3x3) on CPU without gradients; see use_winograd_convolutions
+    conv_kernel = "direct"  # or "winograd" / "auto" on CPU without gradients; see VideoAutoencoder.set_conv_kernels
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True):
         super().__init__()
@@ -106,8 +113,10 @@ class CausalConv3d(nn.Module):
         return self._convolve(x)
 
     def _convolve(self, x: torch.Tensor) -> torch.Tensor:
-        if self.winograd and winograd.applies(x, self.time_kernel):
-            return winograd.conv3d(x, self.conv.weight, self.conv.bias)
+        if self.conv_kernel != "direct" and winograd.applies(x, self.time_kernel):
+            conv, key = self.conv, kernel_choice.call_key("conv3d", x, self.conv.weight)
+            return kernel_choice.CHOOSER.run(self.conv_kernel, key, lambda: conv(x),
+                                             lambda: winograd.conv3d(x, conv.weight, conv.bias))
         return self.conv(x)
 
     def _no_frames(self, x: torch.Tensor) -> torch.Tensor:

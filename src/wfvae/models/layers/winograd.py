@@ -16,7 +16,8 @@ bound that buffer and the GEMM products.
 
 Used by :class:`~wfvae.models.layers.conv.CausalConv3d` and
 :class:`~wfvae.models.layers.conv.FrameConv2d` when the model's Winograd mode is on (see
-``VideoAutoencoder.use_winograd_convolutions``): CPU, no gradients, float32/float64.
+``VideoAutoencoder.set_conv_kernels``, which in "auto" mode times it against the direct kernel per
+shape, see :mod:`~wfvae.models.layers.kernel_choice`): CPU, no gradients, float32/float64.
 """
 
 from __future__ import annotations

@@ -1,0 +1,168 @@
+"""Direct or Winograd: which kernel computes a 3x3 convolution, decided by timing both on this machine.
+
+Which is faster depends on the CPU and the layer's shape: on an AVX2 machine without AVX-512 our
+Winograd F(2x2, 3x3) (built from GEMMs) beat oneDNN's direct kernels on WF-VAE-L's wide layers,
+while on CPUs with AVX-512/AMX oneDNN's direct kernels can win (``benchmarks/RESULTS.md`` keeps a
+table per machine). No fixed default is right everywhere, so in ``"auto"`` mode the first call of
+every convolution shape runs both kernels, keeps the faster one for that shape and returns its
+result; later calls of the shape run the chosen kernel only (as ``torch.backends.cudnn.benchmark``
+does on GPUs). Both kernels compute the same convolution (they differ by float rounding only).
+
+The choices are kept for the process, and also on disk so that later runs on the same machine skip
+the timing: in ``$WFVAE_CONV_CACHE`` if set (a file path; ``off`` keeps choices in memory only),
+else ``~/.cache/wfvae/conv_kernels.json`` (``$XDG_CACHE_HOME`` is honoured). Entries are keyed by
+the CPU model, the torch version, the thread count and the call's shape, so a file copied to
+another machine or read by another torch is not reused. Delete the file to measure again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "direct", "winograd")
+CACHE_ENV = "WFVAE_CONV_CACHE"
+_FORMAT_VERSION = 1
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"conv kernel mode must be one of {MODES}; got {mode!r}")
+    return mode
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> str:
+    """The part of every cache key that names this machine and software: CPU model, torch, threads."""
+    return f"{_cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def default_cache_path() -> Path | None:
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "off", "0", "none") else Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "wfvae" / "conv_kernels.json"
+
+
+class KernelChooser:
+    """Per-shape kernel choices with the timings they were based on; one per process (:data:`CHOOSER`)."""
+
+    def __init__(self) -> None:
+        self._choices: dict[str, dict] = {}  # full key -> {"kernel", "direct_s", "winograd_s"}
+        self._loaded_from: Path | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ the call
+    def run(self, mode: str, call_key: str, direct: Callable[[], torch.Tensor],
+            winograd: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Compute a convolution with the kernel ``mode`` names, or (``"auto"``) the one chosen for its shape."""
+        if mode == "winograd":
+            return winograd()
+        if mode == "direct":
+            return direct()
+        key = f"{machine_key()} | {call_key}"
+        self._load_disk_cache()
+        entry = self._choices.get(key)
+        if entry is not None:
+            return winograd() if entry["kernel"] == "winograd" else direct()
+        return self._measure(key, direct, winograd)
+
+    def _measure(self, key: str, direct, winograd) -> torch.Tensor:
+        t_direct, out_direct = _timed(direct)
+        t_wino, out_wino = _timed(winograd)
+        if t_wino < t_direct:
+            # oneDNN's first call of a shape also creates its kernel (a one-off cost): time it once more
+            t_again, out_direct = _timed(direct)
+            t_direct = min(t_direct, t_again)
+        kernel = "winograd" if t_wino < t_direct else "direct"
+        self._choices[key] = {"kernel": kernel, "direct_s": round(t_direct, 6), "winograd_s": round(t_wino, 6)}
+        logger.debug("conv kernel for %s: %s (direct %.4f s, winograd %.4f s)", key, kernel, t_direct, t_wino)
+        self._save_disk_cache(key)
+        return out_wino if kernel == "winograd" else out_direct
+
+    # ------------------------------------------------------------------ inspection
+    def choices(self) -> dict[str, dict]:
+        """Every choice known to this process (measured here or read from the disk cache)."""
+        return dict(self._choices)
+
+    def clear(self) -> None:
+        """Forget the in-process choices (the disk cache is read again on the next ``auto`` call)."""
+        self._choices.clear()
+        self._loaded_from = None
+
+    # ------------------------------------------------------------------ disk cache
+    def _load_disk_cache(self) -> None:
+        path = default_cache_path()
+        if path is None or self._loaded_from == path:
+            return
+        self._loaded_from = path
+        for key, entry in _read(path).items():
+            self._choices.setdefault(key, entry)
+
+    def _save_disk_cache(self, key: str) -> None:
+        path = default_cache_path()
+        if path is None:
+            return
+        with self._lock:
+            try:
+                entries = _read(path)  # merge: other processes may have added shapes meanwhile
+                entries[key] = self._choices[key]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+                tmp.write_text(json.dumps({"version": _FORMAT_VERSION, "entries": entries}, indent=1, sort_keys=True))
+                os.replace(tmp, path)
+            except OSError as e:  # a read-only home must not stop inference; the choice stays in memory
+                logger.warning("could not write the convolution kernel cache %s: %s", path, e)
+
+
+def _timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def _read(path: Path) -> dict[str, dict]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        logger.warning("ignoring unreadable convolution kernel cache %s: %s", path, e)
+        return {}
+    if not isinstance(data, dict) or data.get("version") != _FORMAT_VERSION or not isinstance(data.get("entries"), dict):
+        return {}
+    return {k: v for k, v in data["entries"].items()
+            if isinstance(v, dict) and v.get("kernel") in ("direct", "winograd")}
+
+
+CHOOSER = KernelChooser()
+
+
+def call_key(kind: str, x: torch.Tensor, weight: torch.Tensor) -> str:
+    """What decides a convolution's speed: its kind, input shape, dtype and layouts, output channels, time taps."""
+    x_layout = "cl" if x.dim() >= 4 and x.permute(0, *range(2, x.dim()), 1).is_contiguous() else "c"
+    w_layout = "cl" if weight.permute(0, *range(2, weight.dim()), 1).is_contiguous() else "c"
+    kt = weight.shape[2] if weight.dim() == 5 else 1
+    return (f"{kind} x{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} {x_layout} -> {weight.shape[0]} "
+            f"kt{kt} w{w_layout}")
