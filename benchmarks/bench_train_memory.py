@@ -24,7 +24,7 @@ Variants: ``ours`` (plain backward), ``ours_ckpt`` (``enable_gradient_checkpoint
 weights). ``--dtype bf16`` runs all of them under ``torch.autocast(bfloat16)``.
 
 * memory: one fresh process per variant loads the model and reads its resident set (the base),
-  runs ``--warmup`` steps, then one step with the peak resident set (``VmHWM``) reset just before
+  runs ``--memory_warmup`` steps (default none), then one step with the peak resident set (``VmHWM``) reset just before
   it; ``growth`` = that peak minus the base (activations, gradients, workspace and whatever the
   allocator kept from the warm-up: the weights are the same in all variants). On CUDA
   ``torch.cuda.max_memory_allocated`` of the step minus the memory allocated after loading.
@@ -125,7 +125,7 @@ def worker(job: dict) -> dict:
         # return every freed block) would otherwise hide part of the measured step's peak
         cuda = job["device"] == "cuda"
         base = torch.cuda.memory_allocated() / 2**20 if cuda else _rss_mb("VmRSS")
-        for _ in range(job["warmup"]):
+        for _ in range(job.get("memory_warmup", 0)):
             _step(name, model, video, job)
         model.zero_grad(set_to_none=True)
         gc.collect()
@@ -190,7 +190,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every process")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per variant")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (time and memory processes)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
+    p.add_argument("--memory_warmup", type=int, default=0,
+                   help="steps before the measured one in the memory processes (0: the first step is measured; "
+                        "more adds what glibc keeps from earlier steps to the peak)")
     p.add_argument("--skip_time", action="store_true")
     p.add_argument("--skip_memory", action="store_true")
     p.add_argument("--json", default=str(ROOT / "benchmarks/results/train_memory.json"))
@@ -214,7 +217,8 @@ def main(argv=None) -> int:
         weights = build_model(args.config).save_pretrained(Path(scratch) / "weights")  # removed with `scratch`
         job = {"weights": str(weights), "reference_repo": args.reference_repo, "frames": args.frames,
                "size": args.size, "batch": args.batch, "dtype": args.dtype, "device": args.device,
-               "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup}
+               "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
+               "memory_warmup": args.memory_warmup}
         if not args.skip_memory:
             result["memory"] = {}
             for v in variants:

@@ -24,7 +24,7 @@ def _run(script: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess
     scratch.mkdir(exist_ok=True)
     env = {**os.environ, "TMPDIR": str(scratch)}  # where tempfile puts the scripts' scratch folders
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+                          capture_output=True, text=True, timeout=1800, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     # torch's own compile cache folder (torchinductor_<user>) is torch's, shared and reused, not ours
     left = [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_")]
