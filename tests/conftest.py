@@ -61,8 +61,12 @@ MESSY_NUM_FRAMES = 8  # with sample_rate 2 a clip needs 16 frames: short.webm (6
 MESSY_SAMPLE_RATE = 2
 
 
-# Tests never write the user's convolution-kernel cache (~/.cache/wfvae); subprocesses inherit this.
-os.environ["WFVAE_CONV_CACHE"] = "off"
+# Tests never write the user's convolution-kernel cache (~/.cache/wfvae): the session has its own file, which
+# subprocesses inherit, so every process of the session uses the same per-shape kernel choice (as a user's runs
+# on one machine do) and outputs of two runs (resume tests) agree bit for bit.
+_CONV_CACHE_DIR = tempfile.mkdtemp(prefix="wfvae_test_conv_cache_")
+os.environ["WFVAE_CONV_CACHE"] = os.path.join(_CONV_CACHE_DIR, "conv_kernels.json")
+atexit.register(shutil.rmtree, _CONV_CACHE_DIR, ignore_errors=True)
 
 
 def copy_tree(src: Path, dst: Path) -> Path:
