@@ -10,7 +10,8 @@ does on GPUs). Both kernels compute the same convolution (they differ by float r
 
 The choices are kept for the process, and also on disk so that later runs on the same machine skip
 the timing: in ``$WFVAE_CONV_CACHE`` if set (a file path; ``off`` keeps choices in memory only),
-else ``~/.cache/wfvae/conv_kernels.json`` (``$XDG_CACHE_HOME`` is honoured). Entries are keyed by
+else ``conv_kernels.json`` in wfvae's user cache folder (``~/.cache/wfvae``, or ``$WFVAE_CACHE_DIR``; see
+:func:`wfvae.downloads.default_cache_dir`). Entries are keyed by
 the CPU model, the torch version, the thread count and the call's shape, so a file copied to
 another machine or read by another torch is not reused. Delete the file to measure again.
 """
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from wfvae.downloads import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +61,11 @@ def machine_key() -> str:
 
 
 def default_cache_path() -> Path | None:
+    """``$WFVAE_CONV_CACHE`` (``off`` -> None), else ``conv_kernels.json`` in wfvae's user cache folder."""
     value = os.environ.get(CACHE_ENV)
     if value is not None:
         return None if value.strip().lower() in ("", "off", "0", "none") else Path(value).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "wfvae" / "conv_kernels.json"
+    return default_cache_dir() / "conv_kernels.json"
 
 
 class KernelChooser:
