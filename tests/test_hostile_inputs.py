@@ -26,6 +26,7 @@ from wfvae.cli import main as cli
 from wfvae.data.synthetic import make_synthetic_video
 from wfvae.data.video_io import write_video
 from wfvae.models import build_model
+from wfvae.models.base import WEIGHTS_NAME
 
 ROOT = Path(__file__).parents[1]
 TINY = ROOT / "examples" / "configs" / "wfvae_tiny.json"
@@ -51,7 +52,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     # a truncated safetensors file next to a good config
     trunc = base / "trunc"
     trunc.mkdir()
-    (trunc / "model.safetensors").write_bytes((w["model"] / "model.safetensors").read_bytes()[:200])
+    (trunc / WEIGHTS_NAME).write_bytes((w["model"] / WEIGHTS_NAME).read_bytes()[:200])
     shutil.copy(w["model"] / "config.json", trunc / "config.json")
     w["trunc"] = trunc
     # model configs: negative, a word, zero, binary, no class name
@@ -61,17 +62,17 @@ def world(tmp_path_factory) -> dict[str, Path]:
         d = base / f"cfg_{name}"
         d.mkdir()
         (d / "config.json").write_text(json.dumps({**tiny, **change}))
-        shutil.copy(w["model"] / "model.safetensors", d / "model.safetensors")
+        shutil.copy(w["model"] / WEIGHTS_NAME, d / WEIGHTS_NAME)
         w[f"cfg_{name}"] = d
     d = base / "cfg_bin"
     d.mkdir()
     (d / "config.json").write_bytes(bytes(range(256)) * 4)
-    shutil.copy(w["model"] / "model.safetensors", d / "model.safetensors")
+    shutil.copy(w["model"] / WEIGHTS_NAME, d / WEIGHTS_NAME)
     w["cfg_bin"] = d
     d = base / "cfg_noclass"
     d.mkdir()
     (d / "config.json").write_text(json.dumps({k: v for k, v in tiny.items() if k != "_class_name"}))
-    shutil.copy(w["model"] / "model.safetensors", d / "model.safetensors")
+    shutil.copy(w["model"] / WEIGHTS_NAME, d / WEIGHTS_NAME)
     w["cfg_noclass"] = d
     # folders: empty, only corrupt files, a dangling symlink
     (base / "empty").mkdir()
@@ -229,7 +230,7 @@ CASES = [
          ["--num_frames 10", "1 + 4k frames", "e.g. 9 or 13"]),
     Case("reconstruct-missing-ckpt", lambda w, t: _recon(w, t, ckpt=t / "nope"), ["--ckpt", "no model at"]),
     Case("reconstruct-truncated-safetensors", lambda w, t: _recon(w, t, ckpt=w["trunc"]),
-         ["model.safetensors", "corrupt or truncated"]),
+         [WEIGHTS_NAME, "corrupt or truncated"]),
     Case("reconstruct-cuda-without-gpu", lambda w, t: _recon(w, t) + ["--device", "cuda"],
          ["--device cuda", "no CUDA device", "--device cpu"], marks=[NO_CUDA]),
     Case("reconstruct-config-negative", lambda w, t: _recon(w, t, ckpt=w["cfg_neg"]), ["base_channels: must be >= 1, got -8"]),
@@ -249,7 +250,7 @@ CASES = [
     Case("reconstruct-stale-resolution", lambda w, t: _recon(w, t)[:-6] + ["--resolution", "40", *_common(w)],
          ["--resolution: 32 there, 40 now", "--overwrite"], setup=_finished("gen_done", "gen")),
     Case("reconstruct-stale-checkpoint", lambda w, t: _recon(w, t, ckpt=w["model2"]),
-         ["--ckpt: model.safetensors (sha256", "--overwrite"], setup=_finished("gen_done", "gen")),
+         [f"--ckpt: {WEIGHTS_NAME} (sha256", "--overwrite"], setup=_finished("gen_done", "gen")),
     Case("reconstruct-stale-format", lambda w, t: _recon(w, t, "--format", "png"), ['--format: "mp4" there, "png" now'],
          setup=_finished("gen_done", "gen")),
     Case("reconstruct-legacy-outputs", lambda w, t: _recon(w, t), ["not written by", "--overwrite", "a/c0.mp4"],
@@ -431,7 +432,8 @@ def test_hint_options_exist_everywhere(capsys):
         for text in _string_constants(ast.parse(path.read_text())):
             if "var(--" in text or re.search(r"--[a-z-]+\s*:\s*#", text):
                 continue  # CSS custom properties of the HTML report, not options
-            for option in re.findall(r"(?<![\w-])--([a-z][a-z0-9_]*)", text):
+            # hyphenated names (--gpus-per-task) are other tools' options (SLURM, torchrun); ours use underscores
+            for option in re.findall(r"(?<![\w-])--([a-z][a-z0-9_]*)(?![\w-])", text):
                 if option not in known:
                     missing.setdefault(option, []).append(path.relative_to(ROOT).as_posix())
     assert not missing, f"messages name options no command has: {missing}"
