@@ -68,7 +68,7 @@ def test_eval_clip_is_first_frames_center_crop(video_dir, tmp_path):
         video_dir, num_frames=5, sample_rate=2, resolution=32, train=False, crop_size=(32, 32), cache_dir=tmp_path
     )
     item = ds[1]
-    frames = read_video(video_dir / item["path"], 0, 5, 2, short_side=32)  # (5, 32, 48, 3)
+    frames = read_video(video_dir / item["path"], indices=[0, 2, 4, 6, 9])  # (5, 32, 48, 3), linspace(0, 9, 5)
     expected = torch.from_numpy(frames[:, :, 8:40].copy()).permute(3, 0, 1, 2).float() / 127.5 - 1
     torch.testing.assert_close(item["video"], expected)
     assert item["start"] == 0
@@ -107,7 +107,9 @@ def test_clip_frames_follow_sample_rate(tmp_path):
         ds.set_epoch(epoch)
         item = ds[0]
         s = item["start"]
-        expected = torch.from_numpy(full[s : s + 10 : 3].copy()).permute(3, 0, 1, 2).float() / 127.5 - 1
+        assert 0 <= s <= 30 - 12
+        # the original's rule: 4 positions spread over 4 * 3 = 12 frames, rounded down
+        expected = torch.from_numpy(full[[s, s + 3, s + 7, s + 11]].copy()).permute(3, 0, 1, 2).float() / 127.5 - 1
         torch.testing.assert_close(item["video"], expected)
 
 

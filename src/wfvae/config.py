@@ -101,6 +101,12 @@ class TrainConfig:
     resolution: int = _f(256, "Training clip side length in pixels; divisible by the spatial compression ratio.")
     sample_rate: int = _f(2, "Take every n-th frame when cutting training clips.")
     dataset_num_worker: int = _f(4, "DataLoader worker processes per rank.")
+    resize: Literal["original", "fast"] = _f(
+        "original", "How training and validation frames reach --resolution. original: decode full frames and "
+        "resize as the original WF-VAE does (torchvision Resize, antialiased bilinear; same clips within 0.5/255); "
+        "fast: resize inside the decoder (FFmpeg swscale, cheaper, a different filter).")
+    random_crop: bool = _f(
+        False, "Crop training clips at a random place instead of the centre (the original crops the centre).")
 
     # ---- model ------------------------------------------------------------------------------------
     model_name: Literal["WFVAE", "CausalVAE"] | None = _f(None, "Model class: WFVAE or CausalVAE.")

@@ -49,7 +49,7 @@ from torch.utils.data import Dataset
 
 from wfvae.data.index import build_index, discover_videos, source_root
 from wfvae.data.manifest import is_manifest
-from wfvae.data.transforms import crop_offsets, to_model_tensor
+from wfvae.data.transforms import RESIZE_MODES, ResizeMode, clip_indices, crop_offsets, resize_crop, to_model_tensor
 from wfvae.data.video_io import VideoInfo, read_video
 from wfvae.errors import VideoDecodeError
 
@@ -86,9 +86,8 @@ class VideoFolderDataset(Dataset):
         num_frames (int): frames per clip.
         sample_rate (int, default 1): frame interval inside a clip (1 = consecutive frames).
         resolution (int, default 256): the short side is resized to this many pixels.
-        train (bool, default True): random clip start and random crop, drawn from a
-            generator seeded by ``(seed, epoch, index)``; False: clip starts at frame 0 and the
-            crop is centred.
+        train (bool, default True): random clip start (and crop, with ``random_crop``), drawn
+            from a generator seeded by ``(seed, epoch, index)``; False: clip starts at frame 0.
         crop_size (int | tuple[int, int] | None, default None): crop (h, w) after resizing;
             an int is square; None means ``resolution x resolution``.
         cache_dir (str | PathLike | None): where the probe index is cached (SQLite); None means
@@ -98,6 +97,11 @@ class VideoFolderDataset(Dataset):
         include_images (bool, default False): also use jpg/png/webp files as one-frame clips
             (shape (3, 1, H, W)); batch them separately from videos.
         seed (int, default 0): base seed for clip starts and crops.
+        resize ("original" | "fast", default "original"): how frames are brought to
+            ``resolution``; see :mod:`wfvae.data.transforms`. "original" gives the original
+            WF-VAE's clips (within 0.5/255); "fast" resizes inside the decoder (different filter).
+        random_crop (bool, default False): in training, a random crop instead of the centre one
+            (the original crops the centre in training too).
         num_probe_workers (int | None): threads for probing; None means ``min(8, cpus)``.
         on_decode_error ("next" | "raise" | None): what a load-time failure does; None means
             "next" for training and "raise" for evaluation.
@@ -139,6 +143,8 @@ class VideoFolderDataset(Dataset):
         verify: bool = False,
         across_ranks: bool = False,
         decoder_threads: int = 0,
+        resize: ResizeMode = "original",
+        random_crop: bool = False,
     ) -> None:
         if num_frames < 1 or sample_rate < 1 or resolution < 1:
             raise ValueError(
@@ -146,6 +152,8 @@ class VideoFolderDataset(Dataset):
             )
         if short_video_policy not in ("skip", "pad"):
             raise ValueError(f"short_video_policy must be 'skip' or 'pad', got {short_video_policy!r}")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}; got {resize!r}")
         if on_decode_error not in (None, "next", "raise"):
             raise ValueError(f"on_decode_error must be 'next', 'raise' or None, got {on_decode_error!r}")
         if crop_size is None:
@@ -172,10 +180,12 @@ class VideoFolderDataset(Dataset):
         self.short_video_policy = short_video_policy
         self.include_images = include_images
         self.seed = int(seed)
+        self.resize = resize
+        self.random_crop = bool(random_crop)
         self.epoch = 0
         self.on_decode_error = on_decode_error or ("next" if train else "raise")
         self.failures = 0
-        # Frames one clip must be able to draw from; the same rule as the original evaluation
+        # Frames one clip spans (see clip_indices); the same rule as the original's evaluation
         # loader, so both pick the same videos.
         self.min_frames = self.num_frames * self.sample_rate
 
@@ -309,27 +319,31 @@ class VideoFolderDataset(Dataset):
         info = entry.info
         path = self.root / entry.path
         gen = self.generator_for(j) if self.train else None
-        span = (self.num_frames - 1) * self.sample_rate + 1  # frames covered by one clip
+        # "fast" scales inside the decoder; "original" decodes full frames and resizes like torchvision.
+        short_side = self.resolution if self.resize == "fast" else None
         start = 0
         if info.is_image:
-            frames = read_video(path, info=info, short_side=self.resolution,
-                                num_threads=self.decoder_threads)
-        elif entry.padded or info.frames < span:
-            frames = read_video(path, 0, None, self.sample_rate, info=info, short_side=self.resolution,
+            frames = read_video(path, info=info, short_side=short_side, num_threads=self.decoder_threads)
+        elif entry.padded:
+            frames = read_video(path, 0, None, self.sample_rate, info=info, short_side=short_side,
                                 num_threads=self.decoder_threads)
             frames = frames[: self.num_frames]
             pad = np.repeat(frames[-1:], self.num_frames - len(frames), axis=0)
             frames = np.concatenate([frames, pad], axis=0)
         else:
             if gen is not None:
-                start = int(torch.randint(0, info.frames - span + 1, (1,), generator=gen))
-            frames = read_video(path, start, self.num_frames, self.sample_rate, info=info, short_side=self.resolution,
+                start = int(torch.randint(0, info.frames - self.min_frames + 1, (1,), generator=gen))
+            indices = clip_indices(start, self.num_frames, self.sample_rate)
+            frames = read_video(path, info=info, short_side=short_side, indices=indices,
                                 num_threads=self.decoder_threads)
-        # frames: (T, H, W, 3) uint8 with short side == resolution
         crop_h, crop_w = self.crop_size
-        _, height, width, _ = frames.shape
-        top, left = crop_offsets(height, width, crop_h, crop_w, gen)
-        frames = frames[:, top : top + crop_h, left : left + crop_w]
+        crop_gen = gen if self.random_crop else None
+        if self.resize == "fast":
+            _, height, width, _ = frames.shape
+            top, left = crop_offsets(height, width, crop_h, crop_w, crop_gen)
+            frames = frames[:, top : top + crop_h, left : left + crop_w]
+        else:
+            frames = resize_crop(frames, self.resolution, crop_h, crop_w, crop_gen)
         return to_model_tensor(frames), start
 
 

@@ -32,7 +32,7 @@ import math
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import av
 import numpy as np
@@ -371,8 +371,9 @@ def read_video(
     short_side: int | None = None,
     apply_rotation: bool = True,
     num_threads: int = 0,
+    indices: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Decode frames ``start, start + step, ...`` of a video as RGB.
+    """Decode frames ``start, start + step, ...`` (or the given ``indices``) of a video as RGB.
 
     Args:
         path: video file (any container/codec FFmpeg reads) or image file.
@@ -385,6 +386,8 @@ def read_video(
             filtering when shrinking) so its shorter side has this many pixels.
         apply_rotation: rotate frames as the display matrix says (default True).
         num_threads: decoder threads; 0 lets FFmpeg choose.
+        indices: explicit frame indices (ascending; repeats allowed) instead of ``start``,
+            ``num_frames`` and ``step``, e.g. :func:`wfvae.data.transforms.clip_indices`.
 
     Returns:
         ``np.ndarray`` uint8 of shape (T, H, W, 3), RGB, whatever the source pixel format
@@ -394,6 +397,12 @@ def read_video(
         VideoDecodeError: the file cannot be decoded, or holds fewer frames than requested.
         ValueError: ``start < 0``, ``step < 1`` or ``num_frames < 1``.
     """
+    wanted = None
+    if indices is not None:
+        wanted = [int(i) for i in indices]
+        if not wanted or wanted[0] < 0 or any(b < a for a, b in zip(wanted, wanted[1:])):
+            raise ValueError(f"indices must be non-empty, >= 0 and ascending; got {wanted[:8]}...")
+        start, num_frames, step = wanted[0], len(wanted), 1
     if start < 0 or step < 1 or (num_frames is not None and num_frames < 1):
         raise ValueError(f"need start >= 0, step >= 1, num_frames >= 1; got {start}, {step}, {num_frames}")
     if (info is not None and info.is_image) or is_image_path(path):
@@ -403,19 +412,28 @@ def read_video(
     try:
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = num_threads
-        last = None if num_frames is None else start + (num_frames - 1) * step
+        if wanted is None:
+            last = None if num_frames is None else start + (num_frames - 1) * step
+            keep = lambda index: (index - start) % step == 0  # noqa: E731
+        else:
+            last, keep = wanted[-1], set(wanted).__contains__
         convert = _RGBConverter(short_side, apply_rotation)
         frames = None
         if start > 0:
-            frames = _read_seeking(container, stream, start, last, step, info, convert)
+            frames = _read_seeking(container, stream, start, last, keep, info, convert)
         if frames is None:
             container.seek(0)
-            frames = _read_counting(container, stream, start, last, step, convert)
+            frames = _read_counting(container, stream, start, last, keep, convert)
     except _DECODE_ERRORS as e:
         raise VideoDecodeError(path, f"decoding failed ({_short(e)})") from e
     finally:
         container.close()
 
+    if wanted is None:
+        frames = [array for _, array in frames]
+    else:
+        decoded = dict(frames)
+        frames = [decoded[i] for i in wanted if i in decoded]
     if num_frames is not None and len(frames) < num_frames:
         got = len(frames)
         raise VideoDecodeError(
@@ -439,7 +457,7 @@ def _grid(stream, info: VideoInfo | None) -> tuple[float, float] | None:
     return float(start), float(1 / (rate * tb))
 
 
-def _read_seeking(container, stream, start, last, step, info, convert):
+def _read_seeking(container, stream, start, last, keep, info, convert):
     """Seek to the key frame before ``start`` and pick frames by timestamp.
 
     Returns None (caller falls back to counting from frame 0) when the timestamps do not
@@ -452,7 +470,7 @@ def _read_seeking(container, stream, start, last, step, info, convert):
     # Aim half a frame early so rounding can never put the seek after the wanted frame.
     target = int(math.floor(start_pts + (start - 0.5) * pts_step))
     container.seek(max(target, int(start_pts)), stream=stream, backward=True, any_frame=False)
-    out: list[np.ndarray] = []
+    out: list[tuple[int, np.ndarray]] = []
     first_seen = True
     for frame in container.decode(stream):
         if frame.pts is None:
@@ -470,18 +488,18 @@ def _read_seeking(container, stream, start, last, step, info, convert):
             continue
         if last is not None and index > last:
             break
-        if (index - start) % step == 0:
-            out.append(convert(frame))
+        if keep(index):
+            out.append((index, convert(frame)))
     return out
 
 
-def _read_counting(container, stream, start, last, step, convert):
-    out: list[np.ndarray] = []
+def _read_counting(container, stream, start, last, keep, convert):
+    out: list[tuple[int, np.ndarray]] = []
     for index, frame in enumerate(container.decode(stream)):
         if last is not None and index > last:
             break
-        if index >= start and (index - start) % step == 0:
-            out.append(convert(frame))
+        if index >= start and keep(index):
+            out.append((index, convert(frame)))
     return out
 
 

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from wfvae.data.manifest import is_manifest, output_key, read_manifest
+from wfvae.data.transforms import RESIZE_MODES
 from wfvae.errors import ConfigError, InputError, UserError
 from wfvae.evaluation import metrics as M
 from wfvae.utils.output_folder import collision_free_stems
@@ -95,6 +96,8 @@ class EvalConfig:
     """Path of the I3D detector file (else $WFVAE_I3D_PATH, else downloaded once into the user cache)."""
     offline: bool = False
     """Never download weights (LPIPS trunk, I3D); also set by WFVAE_OFFLINE=1 or HF_HUB_OFFLINE=1."""
+    resize: str = "original"
+    """original: torchvision-style antialiased resize of full frames, as the original's clips; fast: in the decoder."""
 
     def validate(self) -> None:
         from wfvae.errors import ConfigError
@@ -112,6 +115,8 @@ class EvalConfig:
             raise ConfigError(f"--subset_size must be >= 0 (0 = all), got {self.subset_size}")
         if self.lpips_net not in ("alex", "vgg"):
             raise ConfigError(f"--lpips_net must be alex or vgg, got {self.lpips_net}")
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize}")
         if self.fvd_variant not in ("styleganv", "videogpt"):
             raise ConfigError(f"--fvd_variant must be styleganv or videogpt, got {self.fvd_variant}")
         if self.batch_size < 1:
@@ -241,18 +246,26 @@ class _PairDataset(torch.utils.data.Dataset):
         self.num_frames = cfg.num_frames or None
         self.sample_rate = cfg.sample_rate
         self.resolution = cfg.resolution or None
+        self.resize = cfg.resize
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def _load(self, path: Path, step: int) -> torch.Tensor:
+        from wfvae.data.transforms import clip_indices, resize_crop, to_model_tensor
         from wfvae.data.video_io import read_video
 
-        # Resize as the training/reconstruction data pipeline does (in the decoder, short side to
-        # `resolution`); frames already at that size are not touched, so lossless files compare exactly.
-        frames = read_video(path, start=0, num_frames=self.num_frames, step=step, short_side=self.resolution)
-        video = torch.from_numpy(frames).permute(3, 0, 1, 2)  # (3, T, H, W) uint8
-        return center_crop(video, self.resolution)
+        # The same frames, resize and crop as the training/reconstruction data pipeline; frames
+        # already at the target size are not touched, so lossless files compare exactly.
+        fast = self.resize == "fast" or not self.resolution
+        where = {"start": 0, "num_frames": self.num_frames, "step": step}
+        if self.num_frames:
+            where = {"indices": clip_indices(0, self.num_frames, step)}
+        frames = read_video(path, short_side=self.resolution if fast else None, **where)
+        if fast:
+            video = torch.from_numpy(frames).permute(3, 0, 1, 2)  # (3, T, H, W) uint8
+            return center_crop(video, self.resolution)
+        return to_model_tensor(resize_crop(frames, self.resolution, self.resolution, self.resolution))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """One pair, or ``{"key", "error"}`` for a user-fixable problem: an exception raised in a
@@ -300,6 +313,7 @@ def evaluate_folders(
     fvd_extractor: Any | None = None,
     offline: bool = False,
     progress: bool = False,
+    resize: str = "original",
 ) -> dict[str, Any]:
     """Compare every generated video with its real counterpart.
 
@@ -307,7 +321,7 @@ def evaluate_folders(
         real_dir, gen_dir: folders; see the module docstring for pairing and frame selection.
         metrics: names from :data:`METRICS`, as a list or a comma-separated string.
         num_frames, sample_rate, resolution, subset_size, device, batch_size, num_workers,
-        lpips_net, lpips_backbone_path, fvd_variant, fvd_weights, offline: see :class:`EvalConfig`.
+        lpips_net, lpips_backbone_path, fvd_variant, fvd_weights, offline, resize: see :class:`EvalConfig`.
         lpips_model: an already loaded LPIPS module (reused by training); overrides
             ``lpips_net`` / ``lpips_backbone_path``.
         fvd_extractor: an already loaded :class:`wfvae.evaluation.fvd.I3DFeatureExtractor`.
@@ -342,6 +356,7 @@ def evaluate_folders(
         fvd_variant=fvd_variant,
         fvd_weights=fvd_weights,
         offline=offline,
+        resize=resize,
     )
     cfg.validate()
     wanted = [m for m in METRICS if m in cfg.metric]
@@ -499,6 +514,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true",
                    help="never download weights (also WFVAE_OFFLINE=1 / HF_HUB_OFFLINE=1)")
     p.add_argument("--json", dest="json_path", default=None, help="write per-video and dataset values here")
+    p.add_argument("--resize", choices=RESIZE_MODES, default=d.resize,
+                   help="original: the original WF-VAE's resize (torchvision, antialiased) of full frames; "
+                   "fast: resize inside the decoder (a different filter)")
     return p
 
 
@@ -551,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         fvd_weights=args.fvd_weights,
         offline=args.offline,
         progress=True,
+        resize=args.resize,
     )
     print(format_results(result))
     if args.json_path:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from wfvae.data.manifest import is_manifest, output_key
+from wfvae.data.transforms import RESIZE_MODES
 from wfvae.errors import CheckpointError, ConfigError, InputError, OutputError, VideoDecodeError
 from wfvae.utils.io import atomic_write_bytes
 from wfvae.utils.output_folder import OutputFolder, check_not_nested, collision_free_stems, file_sha256
@@ -137,6 +138,8 @@ class ReconstructConfig:
     """short side after resizing, pixels"""
     crop_size: int | None = None
     """centre crop after resizing (default: resolution x resolution)"""
+    resize: str = "original"
+    """original: the original WF-VAE's resize (torchvision, antialiased) of full frames; fast: inside the decoder"""
     subset_size: int = 0
     """0: every video; N: a deterministic random subset of N videos (seed --seed)"""
     output_origin: bool = False
@@ -212,6 +215,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sample_rate", type=int, default=1)
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--crop_size", type=int, default=None)
+    p.add_argument("--resize", choices=RESIZE_MODES, default="original",
+                   help="original: the original WF-VAE's resize (torchvision, antialiased) of full frames; "
+                   "fast: resize inside the decoder (a different filter)")
     p.add_argument("--subset_size", type=int, default=0)
     p.add_argument("--output_origin", action="store_true")
     p.add_argument("--chunk_size", type=int, default=None)
@@ -250,22 +256,28 @@ class _SingleFile:
     """The one-file case, shaped like the folder dataset (same resize/crop/normalisation)."""
 
     def __init__(self, path: Path, cfg: ReconstructConfig, temporal_factor: int):
-        from wfvae.data.transforms import crop_offsets, to_model_tensor
+        from wfvae.data.transforms import clip_indices, crop_offsets, resize_crop, resized_size, to_model_tensor
         from wfvae.data.video_io import probe_video, read_video
 
         info = probe_video(path)
+        short_side = cfg.resolution if cfg.resize == "fast" else None
         if info.is_image:
-            frames = read_video(path, info=info, short_side=cfg.resolution)[:1]
+            frames = read_video(path, info=info, short_side=short_side)[:1]
         else:
-            frames = read_video(path, 0, cfg.num_frames, cfg.sample_rate, info=info, short_side=cfg.resolution)
+            indices = clip_indices(0, cfg.num_frames, cfg.sample_rate)
+            frames = read_video(path, info=info, short_side=short_side, indices=indices)
             usable = (len(frames) - 1) // temporal_factor * temporal_factor + 1
             if usable < len(frames):
                 logger.warning("%s: using %d of %d frames (clips need 1 + %dk frames)", path, usable, len(frames), temporal_factor)
             frames = frames[:usable]
         crop = cfg.crop_size or cfg.resolution
         _, h, w, _ = frames.shape
-        top, left = crop_offsets(h, w, min(crop, h), min(crop, w))
-        frames = frames[:, top : top + crop, left : left + crop]
+        if cfg.resize == "fast":
+            top, left = crop_offsets(h, w, min(crop, h), min(crop, w))
+            frames = frames[:, top : top + crop, left : left + crop]
+        else:
+            out_h, out_w = resized_size(h, w, cfg.resolution)
+            frames = resize_crop(frames, cfg.resolution, min(crop, out_h), min(crop, out_w))
         self.item = {"video": to_model_tensor(frames), "path": path.name, "is_image": info.is_image}
 
     def __len__(self):
@@ -362,7 +374,7 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
                 dataset = VideoFolderDataset(
                     src, cfg.num_frames, cfg.sample_rate, cfg.resolution, train=False,
                     crop_size=cfg.crop_size, cache_dir=cfg.cache_dir, include_images=False,
-                    show_progress=env.is_main, across_ranks=env.distributed,
+                    show_progress=env.is_main, across_ranks=env.distributed, resize=cfg.resize,
                 )
             except ValueError as e:  # no usable video: the message lists the reasons
                 raise InputError(f"--real_video_dir {src}: {e}") from e
@@ -381,7 +393,7 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
         folder = OutputFolder(out_dir, "reconstruct", {
             "ckpt": model_identity(cfg.ckpt, model), "real_video_dir": os.path.realpath(src),
             "num_frames": cfg.num_frames, "sample_rate": cfg.sample_rate, "resolution": cfg.resolution,
-            "crop_size": cfg.crop_size, "format": cfg.format, "dtype": cfg.dtype, "sample_fps": cfg.sample_fps,
+            "crop_size": cfg.crop_size, "resize": cfg.resize, "format": cfg.format, "dtype": cfg.dtype, "sample_fps": cfg.sample_fps,
         }, rank=env.rank, output_option="--generated_video_dir")
         problem = None
         if env.is_main:

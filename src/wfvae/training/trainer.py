@@ -293,7 +293,8 @@ class Trainer:
         # Every rank probes a share of the new files; rank 0 stores them and shares the merged index.
         self.dataset = data_mod.VideoFolderDataset(
             cfg.video_path, num_frames=cfg.num_frames, sample_rate=cfg.sample_rate, resolution=cfg.resolution,
-            train=True, seed=cfg.seed, across_ranks=env.distributed)
+            train=True, seed=cfg.seed, across_ranks=env.distributed, resize=cfg.resize,
+            random_crop=cfg.random_crop)
         self.sampler = ResumableDistributedSampler(len(self.dataset), num_replicas=env.world_size, rank=env.rank,
                                                    shuffle=True, seed=cfg.seed, drop_last=True)
         self.steps_per_epoch = self.sampler.num_samples // cfg.batch_size
@@ -367,7 +368,7 @@ class Trainer:
         ds = data_mod.VideoFolderDataset(
             cfg.eval_video_path, num_frames=cfg.eval_num_frames, sample_rate=cfg.eval_sample_rate,
             resolution=cfg.eval_resolution, crop_size=cfg.eval_resolution, train=False, seed=cfg.seed,
-            across_ranks=env.distributed)
+            across_ranks=env.distributed, resize=cfg.resize)
         n = len(ds) if cfg.eval_subset_size == 0 else min(len(ds), cfg.eval_subset_size)
         # Each video is evaluated by exactly one rank (no padding), so none is counted twice.
         shard = list(range(n))[env.rank::env.world_size]
