@@ -252,7 +252,7 @@ class _PairDataset(torch.utils.data.Dataset):
         return len(self.pairs)
 
     def _load(self, path: Path, step: int) -> torch.Tensor:
-        from wfvae.data.transforms import clip_indices, resize_crop, to_model_tensor
+        from wfvae.data.transforms import clip_indices, resize_crop, resized_size, to_model_tensor
         from wfvae.data.video_io import read_video
 
         # The same frames, resize and crop as the training/reconstruction data pipeline; frames
@@ -262,8 +262,8 @@ class _PairDataset(torch.utils.data.Dataset):
         if self.num_frames:
             where = {"indices": clip_indices(0, self.num_frames, step)}
         frames = read_video(path, short_side=self.resolution if fast else None, **where)
-        if fast:
-            video = torch.from_numpy(frames).permute(3, 0, 1, 2)  # (3, T, H, W) uint8
+        if fast or resized_size(frames.shape[1], frames.shape[2], self.resolution) == frames.shape[1:3]:
+            video = torch.from_numpy(frames).permute(3, 0, 1, 2)  # (3, T, H, W) uint8, exact
             return center_crop(video, self.resolution)
         return to_model_tensor(resize_crop(frames, self.resolution, self.resolution, self.resolution))
 
