@@ -17,6 +17,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from wfvae.cli import main as cli_main
 from wfvae.data.synthetic import make_synthetic_video
+from wfvae.data.transforms import clip_indices
 from wfvae.data.video_io import read_video, write_video
 from wfvae.evaluation import evaluate as E
 from wfvae.evaluation.fvd import I3DFeatureExtractor, fvd_from_features
@@ -128,8 +129,9 @@ class _FeatureNet(torch.nn.Module):
 def test_sample_rate_applies_to_real_side_and_resize_crop(tmp_path):
     clip = make_synthetic_video(2 * NUM_FRAMES, 40, 56, seed=5)  # 18 frames, non-square
     write_video(tmp_path / "raw" / "v.mkv", clip, lossless=True)
-    # Reconstruction of frames 0, 2, 4, ... (already subsampled), same 40x56 size.
-    write_video(tmp_path / "gen" / "v.mkv", clip[::2][:NUM_FRAMES], lossless=True)
+    # Reconstruction of the frames the original samples with sample_rate 2 (linspace(0, 17, 9): 0, 2, ..., 14,
+    # 17), already subsampled, same 40x56 size.
+    write_video(tmp_path / "gen" / "v.mkv", clip[clip_indices(0, NUM_FRAMES, 2)], lossless=True)
     result = E.evaluate_folders(tmp_path / "raw", tmp_path / "gen", "psnr", num_frames=NUM_FRAMES, sample_rate=2, resolution=32)
     assert result["dataset"]["psnr"] == PSNR_CAP_DB  # exact frame correspondence through resize + crop
     shifted = E.evaluate_folders(tmp_path / "raw", tmp_path / "gen", "psnr", num_frames=NUM_FRAMES, sample_rate=1, resolution=32)
