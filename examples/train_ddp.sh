@@ -9,6 +9,8 @@
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 MASTER_PORT=29500 bash examples/train_ddp.sh
 #   # a generator that does not fit per GPU under DDP: shard it with FSDP (same checkpoints; see README "Scale-out")
 #   bash examples/train_ddp.sh --fsdp
+#   # activations that do not fit (long clips, high resolution): recompute each block in the backward pass
+#   bash examples/train_ddp.sh --gradient_checkpointing
 #   # after a crash or pre-emption, continue from the newest checkpoint of the run:
 #   bash examples/train_ddp.sh --resume_from_checkpoint latest
 #

@@ -93,6 +93,10 @@ class TrainConfig:
         "instead of replicating them with DDP (for models or resolutions where DDP runs out of memory). "
         "Checkpoints keep the same single-file layout, so a run can switch between DDP and FSDP on resume. "
         "Not with --mix_precision fp16.")
+    gradient_checkpointing: bool = _f(
+        False, "Recompute each ResNet, attention and up/down-sampling block of the generator in the backward pass "
+        "instead of keeping its activations (less memory, about one extra forward pass of time; gradients are "
+        "unchanged, also under --mix_precision bf16).")
 
     # ---- data -------------------------------------------------------------------------------------
     video_path: str | None = _f(None, "Folder searched recursively for training videos, or a manifest "

@@ -272,6 +272,8 @@ class Trainer:
             if not hasattr(model, "enable_tiling"):
                 raise ConfigError(f"{cfg.model_name} has no tiling support (--enable_tiling)")
             model.enable_tiling()
+        if cfg.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
         if cfg.freeze_encoder:
             for m in _encoder_side(model):
                 m.requires_grad_(False)
