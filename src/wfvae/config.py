@@ -80,6 +80,10 @@ class TrainConfig:
     batch_size: int = _f(1, "Local batch size per process (clips).")
     lr: float = _f(1e-5, "AdamW learning rate for the generator and the discriminator (constant).")
     weight_decay: float = _f(1e-4, "AdamW weight decay.")
+    lr_scheduler: Literal["constant", "cosine"] = _f(
+        "constant", "Learning-rate schedule of both optimizers: constant (the original's), or cosine decay to 0 "
+        "at the last step (after the warm-up).")
+    lr_warmup_steps: int = _f(0, "Raise the learning rate linearly from ~0 to --lr over this many steps.")
     clip_grad_norm: float = _f(1e5, "Clip the global gradient norm of each update to this value.")
     freeze_encoder: bool = _f(False, "Freeze the encoder (and quant_conv); train the decoder only.")
     mix_precision: Literal["bf16", "fp16", "fp32"] = _f(
@@ -231,6 +235,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 errors.append(f"--{name} must be >= 1, got {getattr(self, name)}.")
         for name in ["keep_last_k", "eval_subset_size", "eval_num_video_log", "dataset_num_worker", "disc_start",
+                     "lr_warmup_steps",
                      "lr", "weight_decay", "kl_weight", "perceptual_weight", "wavelet_weight", "disc_weight"]:
             if getattr(self, name) < 0:
                 errors.append(f"--{name} must be >= 0, got {getattr(self, name)}.")

@@ -74,6 +74,7 @@ from wfvae.training.distributed import (
     init_distributed,
 )
 from wfvae.training.ema import EMA
+from wfvae.training.lr_schedule import lr_at
 from wfvae.training.nonfinite import NonFinitePolicy, TrainingDiverged
 from wfvae.training.parallel import (
     clip_grad_norm_,
@@ -820,6 +821,7 @@ class Trainer:
                     data_time += time.perf_counter() - t_data
                     video = batch["video"].to(self.device, non_blocking=True)
                     disc_turn = self.step % 2 == 1 and self.step >= cfg.disc_start
+                    self._set_lr()
                     status, parts = self._discriminator_step(video) if disc_turn else self._generator_step(video)
                     self.sampler.advance(video.shape[0])
                     self.step += 1
@@ -882,6 +884,14 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self._restore_signal_handlers()
+
+    def _set_lr(self) -> None:
+        """The schedule's learning rate for this step, on both optimizers (a function of the step alone)."""
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg.lr, self.total_steps, cfg.lr_warmup_steps, cfg.lr_scheduler)
+        for opt in (self.gen_opt, self.disc_opt):
+            for group in opt.param_groups:
+                group["lr"] = lr
 
     def _log_train(self, values: dict[str, float], batch, seconds: float, clips: int, data_time: float, bar) -> None:
         if not self.env.is_main:
