@@ -95,7 +95,7 @@ def build_ours(args, workdir: Path):
         "--disc_start", str(args.disc_start), "--disc_weight", "0.5", "--kl_weight", "1e-6",
         "--perceptual_weight", str(args.perceptual_weight), "--loss_type", "l1",
         "--wavelet_loss", str(not args.no_wavelet_loss).lower(), "--wavelet_weight", "0.1",
-        "--lr", "1e-5", "--weight_decay", "1e-4", "--perceptual_random_backbone", "--ema", str(args.ema).lower(),
+        "--lr", str(args.lr), "--weight_decay", "1e-4", "--perceptual_random_backbone", "--ema", str(args.ema).lower(),
         "--seed", "1234",
     ]
     cfg = parse_train_config(argv)
@@ -116,7 +116,8 @@ def ours_step(trainer, video: torch.Tensor, step: int) -> dict:
         raise RuntimeError(f"our step {step} was skipped ({status})")
     if disc_turn:
         return {"d_loss": parts["loss_d"].item()}
-    return {"g_loss": parts["loss_g_total"].item(), "nll": parts["loss_nll"].item()}
+    return {"g_loss": parts["loss_g_total"].item(), "nll": parts["loss_nll"].item(), "kl": parts["loss_kl"].item(),
+            "wavelet": parts["loss_wavelet"].item(), "g_adv": parts["loss_g_adv"].item()}
 
 
 # --------------------------------------------------------------------------- original
@@ -157,9 +158,9 @@ class OriginalTrainer:
         self.precision = PRECISION[args.dtype]
         self.modules_to_train = list(model.get_decoder()) + list(model.get_encoder())
         params = [p for m in self.modules_to_train for p in m.parameters() if p.requires_grad]
-        self.gen_optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=1e-4)
+        self.gen_optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
         self.disc_optimizer = torch.optim.AdamW(
-            [p for p in disc.discriminator.parameters() if p.requires_grad], lr=1e-5, weight_decay=1e-4)
+            [p for p in disc.discriminator.parameters() if p.requires_grad], lr=args.lr, weight_decay=1e-4)
         self.scaler = torch.amp.GradScaler(device.type)  # always on in the original, whatever the precision
         for m in self.modules_to_train:
             m.train()
@@ -194,7 +195,9 @@ class OriginalTrainer:
             self.scaler.update()
             if self.ema is not None:
                 self.ema.update()
-            return {"g_loss": g_loss.item(), "nll": g_log["train/nll_loss"].item()}
+            return {"g_loss": g_loss.item(), "nll": g_log["train/nll_loss"].item(),
+                    "kl": g_log["train/kl_loss"].item(), "wavelet": g_log["train/wl_loss"].item(),
+                    "g_adv": g_log["train/g_loss"].item()}
         with self._autocast():
             d_loss, _ = self.disc(inputs, recon, posterior, optimizer_idx=1, global_step=current_step,
                                   last_layer=None, split="train")
@@ -308,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed step pairs first (the first gives the loss diff)")
     p.add_argument("--disc_start", type=int, default=0, help="as the original's train_ddp.sh; steps start here")
     p.add_argument("--perceptual_weight", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate of both (the original's default)")
     p.add_argument("--no_wavelet_loss", action="store_true", help="drop the wavelet loss (on by default)")
     p.add_argument("--ema", action="store_true", help="EMA update after each generator step (both impls)")
     p.add_argument("--json", default=str(ROOT / "benchmarks/results/train_step.json"))
