@@ -53,16 +53,6 @@ from pathlib import Path
 CLIPS = [(".mp4", None), (".webm", "libvpx-vp9"), (".avi", "mjpeg"), (".mkv", None)]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -175,6 +165,8 @@ def main(argv=None) -> int:
     if args._child:
         print(json.dumps(child(args._child, args)))
         return 0
+
+    from machine import cpu_model  # here, not at the top: it imports torch, which the timed children must not pay for
 
     owned = args.workdir is None
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench_index_")

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from machine import machine_info
+from machine import cpu_model, machine_info
 from wfvae.data.datasets import VideoFolderDataset
 from wfvae.data.synthetic import make_synthetic_video
 from wfvae.data.video_io import write_video
@@ -130,16 +130,6 @@ def loader_cps(dataset, workers: int, passes: int) -> float:
     for batch in it:
         n += batch["video"].shape[0]
     return n / (time.perf_counter() - t0)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def step_share(name: str, config: Path, args, root: Path, cache: Path, decode_s: float, result: dict) -> None:

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from machine import cpu_model
+
 METHODS = ("ours", "previous", "skimage")
 
 
@@ -84,16 +86,6 @@ def per_frame(method: str, clip: np.ndarray, decoded: np.ndarray) -> np.ndarray:
 
     return np.array([structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
                                            data_range=255, channel_axis=-1) for a, b in zip(clip, decoded)])
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _rss_mb() -> float:
@@ -184,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_s": {m: {"runs": cpu[m], "median": statistics.median(cpu[m])} for m in methods},
         "memory": memory,
         "max_abs_diff_vs_skimage_per_frame": max_diff,
-        "machine": {"cpu": _cpu_model(), "threads": args.threads,
+        "machine": {"cpu": cpu_model(), "threads": args.threads,
                     "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "torch": torch.__version__},
     }
     for m in methods:

@@ -34,6 +34,11 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
     return model, [f for f in ISA_FLAGS if f in flags]
 
 
+def cpu_model() -> str:
+    """The CPU's model name alone (see :func:`cpu_model_and_flags`)."""
+    return cpu_model_and_flags()[0]
+
+
 def has_bf16_instructions() -> bool:
     """Whether the CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16)."""
     _, flags = cpu_model_and_flags()
