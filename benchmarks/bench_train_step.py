@@ -81,7 +81,7 @@ def build_ours(args, workdir: Path):
     """A real single-process Trainer (dataset: a tiny synthetic folder it builds an index of, never iterates)."""
     from wfvae.config import parse_train_config
     from wfvae.data.synthetic import write_synthetic_dataset
-    from wfvae.training.distributed import DistEnv
+    from wfvae.distributed import DistEnv
     from wfvae.training.trainer import Trainer, preflight
 
     data = workdir / "videos"

@@ -316,7 +316,7 @@ def test_training_with_perceptual_weight_downloads_the_vgg_trunk(server, tmp_pat
 
     from train_utils import base_args, make_data, read_metrics, run_dir
 
-    from wfvae.losses.lpips import load_lpips
+    from wfvae.networks.lpips import load_lpips
     from wfvae.training.trainer import main
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))

@@ -22,7 +22,7 @@ from wfvae.data.video_io import read_video, write_video
 from wfvae.evaluation import evaluate as E
 from wfvae.evaluation.fvd import I3DFeatureExtractor, fvd_from_features
 from wfvae.evaluation.metrics import PSNR_CAP_DB
-from wfvae.losses.lpips import load_lpips
+from wfvae.networks.lpips import load_lpips
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_FRAMES, SIZE = 9, 32

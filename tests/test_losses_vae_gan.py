@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from wfvae.losses.discriminator import NLayerDiscriminator3D
-from wfvae.losses.lpips import load_lpips
+from wfvae.networks.lpips import load_lpips
 from wfvae.losses.vae_gan_loss import (
     PerceptualLoss,
     VAEGANLoss,

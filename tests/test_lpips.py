@@ -10,7 +10,7 @@ import torch
 
 import lpips as lpips_pkg
 from wfvae.errors import CheckpointError, MissingWeightsError
-from wfvae.losses.lpips import BACKBONE_ENV_VAR, BACKBONE_FILES, load_lpips, lpips_video
+from wfvae.networks.lpips import BACKBONE_ENV_VAR, BACKBONE_FILES, load_lpips, lpips_video
 
 
 @pytest.fixture

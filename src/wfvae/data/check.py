@@ -31,7 +31,7 @@ import os
 import sys
 from pathlib import Path
 
-from wfvae.data.datasets import _reason_kind
+from wfvae.data.datasets import reason_kind
 from wfvae.data.index import build_index, source_root
 from wfvae.data.manifest import is_manifest, write_manifest
 from wfvae.errors import ConfigError, InputError
@@ -165,7 +165,7 @@ def _summary(report: dict, root: str, need: int) -> str:
         if rotated:
             lines.append(f"  {rotated} with rotation metadata (decoded upright)")
     if skipped:
-        counts = collections.Counter(_reason_kind(s["reason"]) for s in skipped)
+        counts = collections.Counter(reason_kind(s["reason"]) for s in skipped)
         lines.append("  skipped by reason: " + ", ".join(f"{kind}: {n}" for kind, n in counts.most_common()))
         for s in skipped:
             lines.append(f"  SKIP {s['path']}: {s['reason']}")

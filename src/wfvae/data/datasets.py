@@ -52,6 +52,7 @@ from wfvae.data.manifest import is_manifest
 from wfvae.data.transforms import RESIZE_MODES, ResizeMode, clip_indices, crop_offsets, resize_crop, to_model_tensor
 from wfvae.data.video_io import VideoInfo, read_video
 from wfvae.errors import VideoDecodeError
+from wfvae.formats import MEDIA_EXTENSIONS, VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ class VideoFolderDataset(Dataset):
                 self.videos.append(VideoEntry(entry.path, entry.info, padded))
 
         if not self.videos:
-            counts = collections.Counter(_reason_kind(r) for _, r in self.skipped)
+            counts = collections.Counter(reason_kind(r) for _, r in self.skipped)
             summary = "; ".join(f"{n} x {kind}" for kind, n in counts.most_common())
             examples = "\n".join(f"  {p}: {r}" for p, r in self.skipped[:5])
             raise ValueError(
@@ -348,11 +349,9 @@ class VideoFolderDataset(Dataset):
 
 
 def _exts(include_images: bool) -> set[str]:
-    from wfvae.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-
-    return set(VIDEO_EXTENSIONS | IMAGE_EXTENSIONS) if include_images else set(VIDEO_EXTENSIONS)
+    return set(MEDIA_EXTENSIONS) if include_images else set(VIDEO_EXTENSIONS)
 
 
-def _reason_kind(reason: str) -> str:
+def reason_kind(reason: str) -> str:
     """Short category of a skip reason, for summaries ("too short", "cannot open ...")."""
     return reason.split(":")[0].split("(")[0].strip()

@@ -38,24 +38,16 @@ import av
 import numpy as np
 
 from wfvae.errors import VideoDecodeError
+from wfvae.formats import is_image_path
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "VideoInfo",
-    "IMAGE_EXTENSIONS",
-    "VIDEO_EXTENSIONS",
     "probe_video",
     "read_video",
     "write_video",
-    "is_image_path",
 ]
-
-# Lower-case, with the dot. Matching is case-insensitive (".MP4" is a video).
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".wmv", ".gif", ".ts"}
-)
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 
 # FFmpeg errors that mean "this file is bad". OSError covers missing/unreadable files,
 # EOFError a stream that ends inside a packet, ValueError PyAV's own sanity checks.
@@ -106,11 +98,6 @@ class VideoInfo:
     def from_dict(cls, d: dict[str, Any]) -> "VideoInfo":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def is_image_path(path: str | os.PathLike) -> bool:
-    """True when ``path`` has a still-image extension (case-insensitive)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
 # --------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def _optional_metrics(device: str) -> tuple[list[str], list[str]]:
     otherwise the notes say what to provide."""
     from wfvae.errors import MissingWeightsError
     from wfvae.evaluation.fvd import load_i3d
-    from wfvae.losses.lpips import find_lpips_backbone
+    from wfvae.networks.lpips import find_lpips_backbone
 
     extra, notes = [], []
     try:

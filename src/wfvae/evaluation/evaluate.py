@@ -36,7 +36,6 @@ videos.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -52,14 +51,13 @@ from wfvae.data.manifest import is_manifest, output_key, read_manifest
 from wfvae.data.transforms import RESIZE_MODES
 from wfvae.errors import ConfigError, InputError, UserError
 from wfvae.evaluation import metrics as M
+from wfvae.layout import ORIGIN_DIR
 from wfvae.utils.output_folder import collision_free_stems
 
 logger = logging.getLogger(__name__)
 
 #: Metrics this module computes, in output order.
 METRICS = ("psnr", "ssim", "lpips", "fvd")
-#: Subfolder of the generated folder that holds the ground-truth copies (skipped when pairing).
-ORIGIN_SUBDIR = "origin"
 
 
 @dataclass
@@ -129,7 +127,7 @@ class EvalConfig:
 
 
 def _video_extensions() -> frozenset[str]:
-    from wfvae.data.video_io import VIDEO_EXTENSIONS
+    from wfvae.formats import VIDEO_EXTENSIONS
 
     return VIDEO_EXTENSIONS
 
@@ -195,7 +193,7 @@ def pair_videos(real_dir: str | os.PathLike, generated_dir: str | os.PathLike) -
         ValueError: some video has no partner (all are listed), or a folder has no videos.
     """
     real_dir, generated_dir = Path(real_dir), Path(generated_dir)
-    skip = [generated_dir / ORIGIN_SUBDIR]
+    skip = [generated_dir / ORIGIN_DIR]
     if real_dir.is_dir() and real_dir.resolve().is_relative_to(generated_dir.resolve()):
         skip.append(real_dir)
     real = scan_videos(real_dir)
@@ -203,7 +201,7 @@ def pair_videos(real_dir: str | os.PathLike, generated_dir: str | os.PathLike) -
     if not real:
         raise InputError(f"no videos found in --real_video_dir '{real_dir}'")
     if not generated:
-        raise InputError(f"no videos found in --generated_video_dir '{generated_dir}' (its '{ORIGIN_SUBDIR}/' is skipped)")
+        raise InputError(f"no videos found in --generated_video_dir '{generated_dir}' (its '{ORIGIN_DIR}/' is skipped)")
     only_real = sorted(set(real) - set(generated))
     only_generated = sorted(set(generated) - set(real))
     if only_real or only_generated:
@@ -376,7 +374,7 @@ def evaluate_folders(
         if lpips_model is not None:
             lpips_net_module = lpips_model
         else:
-            from wfvae.losses.lpips import load_lpips
+            from wfvae.networks.lpips import load_lpips
 
             lpips_net_module = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=cfg.device,
                                           offline=cfg.offline or None)

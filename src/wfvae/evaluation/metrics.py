@@ -187,10 +187,10 @@ def lpips(real: torch.Tensor, recon: torch.Tensor, model: torch.nn.Module, frame
 
     Args:
         real, recon: ``(B, 3, T, H, W)``; uint8 or [-1, 1] float.
-        model: from :func:`wfvae.losses.lpips.load_lpips` (its device is used).
+        model: from :func:`wfvae.networks.lpips.load_lpips` (its device is used).
         frame_batch: frames per forward pass; memory only.
     """
-    from wfvae.losses.lpips import lpips_video
+    from wfvae.networks.lpips import lpips_video
 
     _check_pair(real, recon)
     device = next(model.parameters()).device

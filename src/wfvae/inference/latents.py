@@ -120,7 +120,7 @@ def _publish_bytes(folder: OutputFolder, rel: str, data: bytes) -> None:
 
 def _prepare_on_rank0(folder: OutputFolder, overwrite: bool, env) -> None:
     """``folder.prepare`` on rank 0; every rank raises its error (no rank waits at a barrier alone)."""
-    from wfvae.training.distributed import broadcast_object
+    from wfvae.distributed import broadcast_object
 
     problem = None
     if env.is_main:
@@ -149,7 +149,7 @@ def encode_folder(
     from safetensors.torch import save
 
     from wfvae.data.datasets import VideoFolderDataset
-    from wfvae.training.distributed import all_gather_object, barrier, cleanup, init_distributed
+    from wfvae.distributed import all_gather_object, barrier, cleanup, init_distributed
 
     src, out_dir = Path(video_path), Path(out)
     if is_manifest(src) and not src.is_dir():

@@ -44,6 +44,7 @@ import torch
 from wfvae.data.manifest import is_manifest, output_key
 from wfvae.data.transforms import RESIZE_MODES
 from wfvae.errors import CheckpointError, ConfigError, InputError, OutputError, VideoDecodeError
+from wfvae.layout import ORIGIN_DIR
 from wfvae.utils.io import atomic_write_bytes
 from wfvae.utils.output_folder import OutputFolder, check_not_nested, collision_free_stems, file_sha256
 from wfvae.utils.writer import BackgroundWriter
@@ -51,7 +52,6 @@ from wfvae.utils.writer import BackgroundWriter
 logger = logging.getLogger(__name__)
 
 FORMATS = {"mp4": ".mp4", "mkv": ".mkv", "png": ""}  # png: a folder of frames per video
-ORIGIN_SUBDIR = "origin"  # OUT/origin/: the ground truth as fed to the model (--output_origin)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -290,7 +290,7 @@ class _SingleFile:
 def output_names(stem: str, fmt: str, is_image: bool) -> tuple[str, str]:
     """(reconstruction, origin) paths relative to the output folder for an output ``stem``."""
     suffix = ".png" if is_image else FORMATS[fmt]
-    return f"{stem}{suffix}", f"{ORIGIN_SUBDIR}/{stem}{suffix}"
+    return f"{stem}{suffix}", f"{ORIGIN_DIR}/{stem}{suffix}"
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
@@ -350,7 +350,7 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
     from tqdm import tqdm
 
     from wfvae.evaluation import metrics as M
-    from wfvae.training.distributed import all_gather_object, barrier, broadcast_object, cleanup, init_distributed
+    from wfvae.distributed import all_gather_object, barrier, broadcast_object, cleanup, init_distributed
 
     src = Path(cfg.real_video_dir)
     out_dir = Path(cfg.generated_video_dir)
@@ -382,8 +382,8 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
             names = [output_key(v.path) for v in dataset.videos]
         stems = collision_free_stems(names + [output_key(p) for p, _ in getattr(dataset, "skipped", [])])
         is_image = bool(getattr(dataset, "item", {}).get("is_image", False))
-        if cfg.output_origin and any(stems[n].split("/")[0] == ORIGIN_SUBDIR for n in names):
-            raise InputError(f"--real_video_dir {src} has a subfolder '{ORIGIN_SUBDIR}/', where --output_origin "
+        if cfg.output_origin and any(stems[n].split("/")[0] == ORIGIN_DIR for n in names):
+            raise InputError(f"--real_video_dir {src} has a subfolder '{ORIGIN_DIR}/', where --output_origin "
                              "writes the ground truth; rename that subfolder or drop --output_origin")
         outputs = {}  # dataset index -> output paths relative to OUT
         for i, name in enumerate(names):
@@ -414,7 +414,7 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
 
         lpips_model = None
         if "lpips" in cfg.metrics:
-            from wfvae.losses.lpips import load_lpips
+            from wfvae.networks.lpips import load_lpips
 
             lpips_model = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=env.device,
                                       offline=cfg.offline or None)

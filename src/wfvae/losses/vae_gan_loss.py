@@ -114,8 +114,8 @@ class PerceptualLoss(nn.Module):
 
 
 def build_perceptual_loss(backbone_path: str | None = None, random_backbone: bool = False) -> PerceptualLoss:
-    """LPIPS(VGG16) from local weights (see :func:`wfvae.losses.lpips.load_lpips`)."""
-    from wfvae.losses.lpips import load_lpips
+    """LPIPS(VGG16) from local weights (see :func:`wfvae.networks.lpips.load_lpips`)."""
+    from wfvae.networks.lpips import load_lpips
 
     return PerceptualLoss(load_lpips("vgg", backbone_path=backbone_path, random_backbone=random_backbone))
 

@@ -2,12 +2,13 @@
 
 from .base import VideoAutoencoder
 from .causalvae import CausalVAE
-from .loading import MODEL_CLASSES, build_model, load_model, model_class, read_state_dict
+from .loading import MODEL_CLASSES, MODEL_NAMES, build_model, load_model, model_class, read_state_dict
 from .outputs import DiagonalGaussian, ModelOutput
 from .wfvae import WFVAE
 
 __all__ = [
     "MODEL_CLASSES",
+    "MODEL_NAMES",
     "CausalVAE",
     "DiagonalGaussian",
     "ModelOutput",

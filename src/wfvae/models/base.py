@@ -11,9 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from wfvae import checkpoint_keys as K
 from wfvae.errors import CheckpointError, ConfigError
+from wfvae.utils.io import atomic_write_bytes
 
-from .layers.blocks import AttnBlock3D
+from .layers.blocks import AttentionBase, AttnBlock3D, ResnetBlock2D, ResnetBlock3D
 from .layers.checkpointing import is_checkpointable, set_gradient_checkpointing
 from .layers import kernel_choice, winograd
 from .layers.conv import CausalConv3d, FrameConv2d, to_channels_last
@@ -46,6 +48,9 @@ class VideoAutoencoder(nn.Module):
     spatial_compression_ratio: int = 8
     temporal_compression_ratio: int = 4
     latent_channels: int = 0
+    #: Blocks that hold most of the parameters and do not nest: the units FSDP shards one at a time
+    #: (``wfvae.training.parallel.wrap_generator``).
+    shard_units: tuple[type[nn.Module], ...] = (ResnetBlock2D, ResnetBlock3D, AttentionBase)
     # spatial tiling (opt-in, see enable_tiling); plain attributes, checked by encode/decode
     use_tiling: bool = False
     tile_sample_min_size: int = 256  # pixels: frames larger than this (H or W) are tiled
@@ -218,7 +223,7 @@ class VideoAutoencoder(nn.Module):
             ignore_mismatched_sizes: keys whose shape differs from the model keep their fresh
                 initialisation (logged) instead of raising.
         """
-        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+        state_dict = {k.removeprefix(K.MODULE_PREFIX): v for k, v in state_dict.items()}
         own = self.state_dict()
         mismatched = [
             f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -259,8 +264,6 @@ class VideoAutoencoder(nn.Module):
         is removed, so the folder holds one set of weights.
         """
         from safetensors.torch import save
-
-        from wfvae.utils.io import atomic_write_bytes
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from wfvae import checkpoint_keys as K
 from wfvae.errors import CheckpointError, ConfigError
 from wfvae.utils.io import load_torch_file
 
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 # model names accepted on the command line (--model_name) and in config "_class_name"
 MODEL_CLASSES: dict[str, type[VideoAutoencoder]] = {"WFVAE": WFVAE, "CausalVAE": CausalVAE}
+MODEL_NAMES: tuple[str, ...] = tuple(MODEL_CLASSES)
 _CLASS_NAMES = {"WFVAE": WFVAE, "WFVAEModel": WFVAE, "CausalVAE": CausalVAE, "CausalVAEModel": CausalVAE}
 _SAFETENSORS_NAMES = (WEIGHTS_NAME, LEGACY_WEIGHTS_NAME)
 #: What a model folder on the Hub needs: the config, then the weights in the order they are preferred.
@@ -91,19 +93,19 @@ def read_state_dict(path: str | Path, prefer_ema: bool = True) -> tuple[dict[str
         raise CheckpointError(f"cannot read {path} as a weights-only torch checkpoint: {e}") from e
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, not a state dict or checkpoint")
-    stored_config = data.get("model_config") if isinstance(data.get("model_config"), dict) else None
-    state = data.get("state_dict")
+    stored_config = data.get(K.MODEL_CONFIG) if isinstance(data.get(K.MODEL_CONFIG), dict) else None
+    state = data.get(K.STATE_DICT)
     generator = None
     if isinstance(state, dict):
-        generator = state["gen_model"] if isinstance(state.get("gen_model"), dict) else state
-    ema = data.get("ema_state_dict")
+        generator = state[K.GEN_MODEL] if isinstance(state.get(K.GEN_MODEL), dict) else state
+    ema = data.get(K.EMA_STATE)
     if prefer_ema and isinstance(ema, dict) and len(ema) > 0:
         logger.info("loading EMA weights from %s", path)
         if generator is None:
             return ema, stored_config
         # EMA tracks trainable parameters only (here and in the original): frozen tensors such as
         # the Haar filters and buffers come from the generator's state dict
-        strip = lambda sd: {k.removeprefix("module."): v for k, v in sd.items()}  # noqa: E731
+        strip = lambda sd: {k.removeprefix(K.MODULE_PREFIX): v for k, v in sd.items()}  # noqa: E731
         return {**strip(generator), **strip(ema)}, stored_config
     if generator is not None:
         return generator, stored_config

@@ -32,7 +32,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from wfvae.data.video_io import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from wfvae.formats import MEDIA_EXTENSIONS
+from wfvae.layout import METRICS_LOG, ORIGIN_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +41,9 @@ __all__ = ["MAX_DEPTH", "MetricFile", "ReconFolder", "RunContents", "discover_ru
 
 #: folders deeper than this below the run folder are not searched.
 MAX_DEPTH = 6
-ORIGIN_SUBDIR = "origin"
 _SKIP_DIRS = {"__pycache__", "node_modules", "venv", ".venv", "site-packages", "wandb"}
 _CONFIG_SUFFIXES = {".json", ".yaml", ".yml", ".toml"}
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth"}
-_MEDIA = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
 
 
 def video_key(rel_path: str | os.PathLike) -> str:
@@ -133,7 +132,7 @@ def _scan_media(folder: Path, exclude: Path | None = None) -> dict[str, Path]:
             dirnames[:] = [d for d in dirnames if here / d != exclude]
         for name in filenames:
             path = here / name
-            if path.suffix.lower() in _MEDIA and not name.startswith(".tmp-"):
+            if path.suffix.lower() in MEDIA_EXTENSIONS and not name.startswith(".tmp-"):
                 found.setdefault(video_key(path.relative_to(folder)), path)
     return found
 
@@ -192,10 +191,10 @@ def discover_run(run_dir: str | os.PathLike) -> RunContents:
     json_files: list[Path] = []
     recon_paths: list[Path] = []
     for here, dirnames, filenames, _ in _walk(root):
-        if here.name == ORIGIN_SUBDIR and here.parent in recon_paths:
+        if here.name == ORIGIN_DIR and here.parent in recon_paths:
             dirnames[:] = []  # ground truth copies: nothing else to find in there
             continue
-        if ORIGIN_SUBDIR in dirnames and (here / ORIGIN_SUBDIR).is_dir():
+        if ORIGIN_DIR in dirnames and (here / ORIGIN_DIR).is_dir():
             recon_paths.append(here)
         names = set(filenames)
         if "config.json" in names and any(Path(n).suffix in _WEIGHT_SUFFIXES for n in names):
@@ -203,7 +202,7 @@ def discover_run(run_dir: str | os.PathLike) -> RunContents:
         inside_recon = any(here == r or r in here.parents for r in recon_paths)
         for name in filenames:
             path = here / name
-            if name == "metrics.jsonl":
+            if name == METRICS_LOG:
                 run.metrics_logs.append(path)
             elif name.endswith(".ckpt"):
                 run.checkpoints.append(path)
@@ -213,7 +212,7 @@ def discover_run(run_dir: str | os.PathLike) -> RunContents:
                 run.configs.append(path)
 
     for folder in recon_paths:
-        origin = folder / ORIGIN_SUBDIR
+        origin = folder / ORIGIN_DIR
         real = _scan_media(origin)
         recon = _scan_media(folder, exclude=origin)
         if not real:

@@ -166,7 +166,8 @@ class _VideoResult:
 
 def _read_frames(path: Path) -> tuple[np.ndarray, bool]:
     """Up to MAX_FRAMES frames of a video (or an image as one frame); also whether it was cut."""
-    from wfvae.data.video_io import is_image_path, probe_video, read_video
+    from wfvae.data.video_io import probe_video, read_video
+    from wfvae.formats import is_image_path
 
     if is_image_path(path):
         return read_video(path), False

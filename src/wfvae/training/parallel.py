@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from wfvae.training.distributed import DistEnv
+from wfvae.distributed import DistEnv
 
 logger = logging.getLogger(__name__)
 

@@ -64,7 +64,7 @@ from wfvae.training.checkpoint import (
     load_checkpoint,
     restore_rng_state,
 )
-from wfvae.training.distributed import (
+from wfvae.distributed import (
     DistEnv,
     all_gather_object,
     all_reduce_sum_,
@@ -175,7 +175,7 @@ def preflight(cfg: TrainConfig) -> tuple[int, int]:
     cfg.validate_against_model(spatial, temporal)
     # Pretrained LPIPS trunks: found (or downloaded once, under a file lock shared by the ranks) now,
     # so a missing file fails before any work; the loss and validation then read the cached copy.
-    from wfvae.losses.lpips import find_lpips_backbone
+    from wfvae.networks.lpips import find_lpips_backbone
 
     offline = cfg.offline or None  # None: WFVAE_OFFLINE / HF_HUB_OFFLINE decide
     if cfg.perceptual_weight > 0 and not cfg.perceptual_random_backbone:
@@ -343,7 +343,7 @@ class Trainer:
         self.val_loader = self._build_val_loader(data_mod) if cfg.eval_video_path else None
         self.eval_lpips_model = None
         if cfg.eval_video_path and cfg.eval_lpips:
-            from wfvae.losses.lpips import load_lpips
+            from wfvae.networks.lpips import load_lpips
 
             self.eval_lpips_model = load_lpips("alex", backbone_path=cfg.eval_lpips_backbone_path,
                                                random_backbone=cfg.perceptual_random_backbone, device=self.device)
@@ -714,7 +714,7 @@ class Trainer:
     def validate(self, prefix: str = "val") -> dict[str, float]:
         """PSNR (and LPIPS) of the posterior-mean reconstruction, averaged over videos on all ranks."""
         from wfvae.evaluation.metrics import psnr
-        from wfvae.losses.lpips import lpips_video
+        from wfvae.networks.lpips import lpips_video
 
         self.model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # psnr, lpips, count

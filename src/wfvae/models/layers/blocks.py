@@ -70,7 +70,7 @@ class ResnetBlock3D(nn.Module):
         return h.add_(x)  # no autograd: reuse h's memory (x + h == h + x exactly)
 
 
-class _AttentionBase(nn.Module):
+class AttentionBase(nn.Module):
     def __init__(self, in_channels: int, norm_type: str = "groupnorm"):
         super().__init__()
         self.in_channels = in_channels
@@ -81,7 +81,7 @@ class _AttentionBase(nn.Module):
         self.proj_out = CausalConv3d(in_channels, in_channels, 1)
 
 
-class AttnBlock3DFix(_AttentionBase):
+class AttnBlock3DFix(AttentionBase):
     """Self-attention over the pixels of each frame (frames never attend to each other)."""
 
     @checkpointable
@@ -98,7 +98,7 @@ class AttnBlock3DFix(_AttentionBase):
         return x + self.proj_out(out)
 
 
-class AttnBlock3D(_AttentionBase):
+class AttnBlock3D(AttentionBase):
     """The original's first 3D attention, kept for checkpoint compatibility.
 
     It reshapes (B, C, T, H, W) straight to (B*T, C, H*W), which interleaves channels and frames,

@@ -2,7 +2,7 @@
 
 How to use::
 
-    from wfvae.losses.lpips import load_lpips, lpips_video
+    from wfvae.networks.lpips import load_lpips, lpips_video
 
     net = load_lpips("vgg")             # trunk weights found on disk or downloaded once
     net = load_lpips("vgg", backbone_path="/weights/vgg16-397923af.pth")
