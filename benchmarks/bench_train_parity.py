@@ -56,7 +56,7 @@ LABELS = {"nll": "rec (NLL: L1 summed per frame)", "kl": "KL", "wavelet": "wavel
 def build_ours(args, workdir: Path):
     from wfvae.config import parse_train_config
     from wfvae.data.synthetic import write_synthetic_dataset
-    from wfvae.training.distributed import DistEnv
+    from wfvae.distributed import DistEnv
     from wfvae.training.trainer import Trainer, preflight
 
     train_dir, val_dir = workdir / "train", workdir / "val"

@@ -18,7 +18,7 @@ from wfvae import runtime
 from wfvae.models import build_model, load_model
 from wfvae.models.layers import blocks, norm
 from wfvae.models.outputs import DiagonalGaussian
-from wfvae.training.distributed import cuda_index_for
+from wfvae.distributed import cuda_index_for
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(__file__).parent / "data" / "reference"
@@ -199,7 +199,7 @@ def test_dataset_decodes_with_the_given_thread_count(video_dir, tmp_path, monkey
 
 def test_cuda_index_for_one_gpu_per_task_binding(caplog):
     assert cuda_index_for(3, 8) == 3  # torchrun: every process sees every GPU
-    with caplog.at_level(logging.INFO, logger="wfvae.training.distributed"):
+    with caplog.at_level(logging.INFO, logger="wfvae.distributed"):
         assert cuda_index_for(3, 1) == 0  # SLURM --gpus-per-task=1 / CUDA_VISIBLE_DEVICES per process
     assert "one GPU per process" in caplog.text
     with pytest.raises(RuntimeError, match="LOCAL_RANK=5 but only 4 GPUs"):

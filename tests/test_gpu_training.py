@@ -8,7 +8,7 @@ import torch
 from train_utils import base_args, load_ckpt, make_data, read_metrics, run_dir
 
 from wfvae.config import parse_train_config
-from wfvae.training.distributed import init_distributed
+from wfvae.distributed import init_distributed
 from wfvae.training.trainer import Trainer, main
 
 
