@@ -57,12 +57,6 @@ __all__ = [
 ]
 
 
-def _shard_units() -> tuple[type[nn.Module], ...]:
-    from wfvae.models.layers.blocks import ResnetBlock2D, ResnetBlock3D, _AttentionBase
-
-    return (ResnetBlock2D, ResnetBlock3D, _AttentionBase)
-
-
 def is_sharded(t: Any) -> bool:
     """Whether ``t`` is an FSDP shard (a DTensor)."""
     from torch.distributed.tensor import DTensor
@@ -107,7 +101,7 @@ def wrap_generator(model: nn.Module, env: DistEnv, *, fsdp: bool, find_unused_pa
     # decoder returns a slice of its last activation).
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     mesh = init_device_mesh(env.device.type, (env.world_size,))
-    units = [m for m in model.modules() if isinstance(m, _shard_units())]
+    units = [m for m in model.modules() if isinstance(m, model.shard_units)]
     for unit in units:  # blocks do not nest, so order does not matter; children must precede the root
         fully_shard(unit, mesh=mesh)
     replicated = set(replicated_generator_params(model, fsdp=True))
