@@ -64,7 +64,6 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-
 from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,9 +108,9 @@ def build_ours(args, workdir: Path):
 
 def ours_step(trainer, video: torch.Tensor, step: int) -> dict:
     """One update of the trainer, chosen by the step number exactly as ``Trainer.train`` does."""
-    trainer.step = step
+    trainer.progress.step = step
     disc_turn = step % 2 == 1 and step >= trainer.cfg.disc_start
-    status, parts = trainer._discriminator_step(video) if disc_turn else trainer._generator_step(video)
+    status, parts = trainer.discriminator_step(video) if disc_turn else trainer.generator_step(video)
     if status != "ok":
         raise RuntimeError(f"our step {step} was skipped ({status})")
     if disc_turn:

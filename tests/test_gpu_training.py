@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from faults import inject_nonfinite_losses
 from train_utils import base_args, load_ckpt, make_data, read_metrics, run_dir
 
 from wfvae.config import parse_train_config
@@ -17,12 +18,13 @@ def data(tmp_path_factory):
     return make_data(tmp_path_factory.mktemp("gpu_training_data"))
 
 
-def test_fp16_nonfinite_loss_is_skipped_and_training_goes_on(data, tmp_path):
+def test_fp16_nonfinite_loss_is_skipped_and_training_goes_on(data, tmp_path, monkeypatch):
     # Step 2's loss is NaN. With fp16 the GradScaler has unscaled that optimizer's gradients; before the fix
     # the skipped update left the scaler's per-optimizer state behind and the next unscale_ raised
     # "unscale_() has already been called on this optimizer since the last update()".
+    inject_nonfinite_losses(monkeypatch, first_step=2, count=1)
     args = base_args(data, tmp_path, mix_precision="fp16", max_steps=5, disc_start=0, eval_video_path=None,
-                     save_ckpt_step=100, max_nan_skips=3, debug_inject_nan_step=2, debug_inject_nan_count=1)
+                     save_ckpt_step=100, max_nan_skips=3)
     assert main(args) == 0
     run = run_dir(tmp_path)
     events = [(r["event"], r["step"]) for r in read_metrics(run) if "event" in r]
@@ -41,11 +43,11 @@ def test_one_host_sync_per_training_step(data, tmp_path, monkeypatch):
     trainer = Trainer(cfg, init_distributed("cpu"))
     video = torch.rand(1, 3, 9, 32, 32) * 2 - 1
     # a generator and a discriminator update outside the count (first-call set-up, optimizer state)
-    trainer._generator_step(video)
-    trainer._discriminator_step(video)
+    trainer.generator_step(video)
+    trainer.discriminator_step(video)
     # AdamW reads its per-parameter step counters with .item(); torch keeps those on the CPU also in CUDA runs
     # (neither fused nor capturable), so they are host reads, not device syncs, and are not counted.
-    step_counters = {id(st["step"]) for opt in (trainer.gen_opt, trainer.disc_opt) for st in opt.state.values()}
+    step_counters = {id(st["step"]) for opt in (trainer.opts.gen, trainer.opts.disc) for st in opt.state.values()}
     assert step_counters
     calls = {"item": 0, "tolist": 0, "__float__": 0, "__int__": 0, "__bool__": 0}
     for name in calls:
@@ -61,7 +63,7 @@ def test_one_host_sync_per_training_step(data, tmp_path, monkeypatch):
 
     averager = _LossAverager()
     for _ in range(2):  # two generator and two discriminator updates
-        for step in (trainer._generator_step, trainer._discriminator_step):
+        for step in (trainer.generator_step, trainer.discriminator_step):
             status, parts = step(video)
             assert status == "ok"
             averager.add(parts)

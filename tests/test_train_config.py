@@ -99,7 +99,7 @@ def test_main_exit_codes_and_help(setup, capsys):
     out = capsys.readouterr().out
     for flag in ("--num_frames", "--resume_from_checkpoint", "--disc_cls", "--eval_lpips", "--max_nan_skips"):
         assert flag in out
-    assert "--debug_inject_nan_step" not in out  # test-only flags are hidden
+    assert "--debug" not in out  # no test-only flags: tests inject faults from the test side (tests/faults.py)
     assert main(base + ["--check_only"]) == 0
     assert main(base + ["--num_frames", "8", "--check_only"]) == 2
     assert main(base + ["--bogus"]) == 2

@@ -75,9 +75,9 @@ def test_kill_9_during_save_keeps_previous_checkpoint(data, tmp_path):
     run = run_dir(tmp_path)
     # resume in a subprocess whose every save sleeps before the final rename; kill it while it sleeps
     args = base_args(data, tmp_path, max_steps=5, save_ckpt_step=1, eval_video_path=None,
-                     resume_from_checkpoint="latest", debug_save_delay_s=300)
-    proc = subprocess.Popen([PYTHON, "-m", "wfvae.train", *args], env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                     resume_from_checkpoint="latest")
+    proc = subprocess.Popen([PYTHON, str(Path(__file__).with_name("faults.py")), "--save_delay_s", "300", "--", *args],
+                            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tmp_file = _wait_for(lambda: next(run.glob(".tmp-checkpoint-2-*"), None), proc, timeout=240,
                          what="the step-2 save to start")
     proc.send_signal(signal.SIGKILL)

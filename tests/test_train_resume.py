@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from faults import inject_nonfinite_losses
 from train_utils import (
     base_args,
     load_ckpt,
@@ -71,12 +72,12 @@ def test_exact_resume_matches_uninterrupted_run(data, tmp_path):
 
 
 @pytest.mark.slow
-def test_nan_updates_are_skipped_then_last_checkpoint_is_reloaded(data, tmp_path):
+def test_nan_updates_are_skipped_then_last_checkpoint_is_reloaded(data, tmp_path, monkeypatch):
     # steps 3, 4, 5 get a NaN loss: 3 and 4 are skipped, then (max_nan_skips=2) checkpoint-2, the last one
     # saved before the streak, is reloaded; no checkpoint is saved during the streak or right after the
     # reload; 5 is skipped again; 6..7 train normally.
-    args = base_args(data, tmp_path, max_steps=7, save_ckpt_step=1, ema=True, max_nan_skips=2,
-                     debug_inject_nan_step=3, debug_inject_nan_count=3)
+    inject_nonfinite_losses(monkeypatch, first_step=3, count=3)
+    args = base_args(data, tmp_path, max_steps=7, save_ckpt_step=1, ema=True, max_nan_skips=2)
     assert main(args) == 0
     run = run_dir(tmp_path)
     events = [r for r in read_metrics(run) if "event" in r]
@@ -93,11 +94,11 @@ def test_nan_updates_are_skipped_then_last_checkpoint_is_reloaded(data, tmp_path
     assert all((run / f"checkpoint-{s}.ckpt.sha256").is_file() for s in saved)
 
 
-def test_run_that_keeps_diverging_stops_nonzero(data, tmp_path, capsys):
+def test_run_that_keeps_diverging_stops_nonzero(data, tmp_path, capsys, monkeypatch):
     """Issue 12.6: every update after step 2 is non-finite; reloading checkpoint-2 cannot help, so after
     two reloads the run stops with exit 1 and says why, and nothing is exported."""
-    args = base_args(data, tmp_path, max_steps=40, save_ckpt_step=1, max_nan_skips=2, eval_video_path=None,
-                     debug_inject_nan_step=3, debug_inject_nan_count=1000)
+    inject_nonfinite_losses(monkeypatch, first_step=3, count=1000)
+    args = base_args(data, tmp_path, max_steps=40, save_ckpt_step=1, max_nan_skips=2, eval_video_path=None)
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "the checkpoint of step 2 was reloaded 2 times" in err and "cannot make progress" in err
@@ -127,12 +128,12 @@ def test_resume_latest_finds_other_run_folder_and_skips_damaged(data, tmp_path, 
     assert load_ckpt(second / "checkpoint-3.ckpt")["current_step"] == 3
 
 
-def test_nan_policy_stop_and_no_checkpoint_fail_clearly(data, tmp_path, capsys):
-    args = base_args(data, tmp_path / "stop", max_steps=20, max_nan_skips=2, debug_inject_nan_step=1,
-                     debug_inject_nan_count=50, nan_policy="stop", eval_video_path=None)
+def test_nan_policy_stop_and_no_checkpoint_fail_clearly(data, tmp_path, capsys, monkeypatch):
+    inject_nonfinite_losses(monkeypatch, first_step=1, count=50)
+    args = base_args(data, tmp_path / "stop", max_steps=20, max_nan_skips=2, nan_policy="stop",
+                     eval_video_path=None)
     assert main(args) == 1
     assert "2 consecutive non-finite updates at step 2 (--nan_policy stop)" in capsys.readouterr().err
-    args = base_args(data, tmp_path / "reload", max_steps=20, max_nan_skips=2, debug_inject_nan_step=1,
-                     debug_inject_nan_count=50, eval_video_path=None)
+    args = base_args(data, tmp_path / "reload", max_steps=20, max_nan_skips=2, eval_video_path=None)
     assert main(args) == 1
     assert "no checkpoint with finite weights saved before step 1 to reload" in capsys.readouterr().err

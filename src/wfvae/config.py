@@ -174,9 +174,6 @@ class TrainConfig:
     check_only: bool = _f(
         False, "Validate the arguments (paths, model config, frame/pixel arithmetic) and exit; train_ddp.sh "
         "runs this before starting any worker.")
-    debug_inject_nan_step: int | None = _f(None, "(testing) Make the loss NaN at this step.", hidden=True)
-    debug_inject_nan_count: int = _f(1, "(testing) Number of consecutive steps to poison.", hidden=True)
-    debug_save_delay_s: float = _f(0.0, "(testing) Sleep inside each checkpoint write, before the rename.", hidden=True)
 
     # ------------------------------------------------------------------------------------------------
     @property

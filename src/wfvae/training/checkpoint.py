@@ -7,7 +7,7 @@ How to use::
     path = manager.latest()                       # newest complete checkpoint or None
     ckpt = load_checkpoint(path)                  # torch.load(weights_only=True) + layout check
 
-Layout (keys are public API; ``dics_model`` is the original's spelling and stays for compatibility)::
+Layout (key names are in :mod:`wfvae.checkpoint_keys`; ``dics_model`` is the original's spelling)::
 
     {
       "epoch": int, "current_step": int,
@@ -37,7 +37,6 @@ import logging
 import os
 import pickle
 import random
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -45,26 +44,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from wfvae.checkpoint_keys import GEN_MODEL, REQUIRED_KEYS, STATE_DICT, STEP
 from wfvae.errors import CheckpointError
+from wfvae.layout import CHECKPOINT_RE, checkpoint_name
 from wfvae.utils.io import load_torch_file
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "CONFIG",
-    "DISC_MODEL",
-    "DISC_OPTIMIZER",
-    "EMA_STATE",
-    "EPOCH",
-    "GEN_MODEL",
-    "GEN_OPTIMIZER",
-    "OPTIMIZER_STATE",
-    "REQUIRED_KEYS",
-    "RNG_STATES",
-    "SAMPLER_STATE",
-    "SCALER_STATE",
-    "STATE_DICT",
-    "STEP",
     "CheckpointManager",
     "capture_rng_state",
     "checksum_path",
@@ -74,24 +61,6 @@ __all__ = [
     "verify_checkpoint",
 ]
 
-# ---- key names (public API: they are the original's; do not "fix" DISC_MODEL's spelling) ----------------
-EPOCH = "epoch"
-STEP = "current_step"
-OPTIMIZER_STATE = "optimizer_state"
-GEN_OPTIMIZER = "gen_optimizer"
-DISC_OPTIMIZER = "disc_optimizer"
-STATE_DICT = "state_dict"
-GEN_MODEL = "gen_model"
-DISC_MODEL = "dics_model"
-EMA_STATE = "ema_state_dict"
-SCALER_STATE = "scaler_state"
-SAMPLER_STATE = "sampler_state"
-RNG_STATES = "rng_states"
-CONFIG = "config"
-
-REQUIRED_KEYS = (EPOCH, STEP, OPTIMIZER_STATE, STATE_DICT, SAMPLER_STATE)
-
-_NAME_RE = re.compile(r"^checkpoint-(\d+)\.ckpt$")
 _TMP_PREFIX = ".tmp-checkpoint-"
 
 
@@ -116,18 +85,16 @@ class CheckpointManager:
         keep_last_k: keep only the newest K checkpoints after each save; 0 keeps all. 1 is rejected: the
             only good file would be deleted as soon as a new one is complete, leaving no fallback if the new
             file turns out to be from a diverged model.
-        save_delay_s: testing hook; sleep this long after writing the temporary file, before the rename.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, keep_last_k: int = 0, save_delay_s: float = 0.0):
+    def __init__(self, run_dir: str | os.PathLike, keep_last_k: int = 0):
         if keep_last_k < 0 or keep_last_k == 1:
             raise ValueError(f"keep_last_k must be 0 (keep all) or >= 2, got {keep_last_k}")
         self.run_dir = Path(run_dir)
         self.keep_last_k = keep_last_k
-        self.save_delay_s = save_delay_s
 
     def path_for(self, step: int) -> Path:
-        return self.run_dir / f"checkpoint-{step}.ckpt"
+        return self.run_dir / checkpoint_name(step)
 
     def list(self) -> list[tuple[int, Path]]:
         """Complete checkpoints as ``(step, path)``, oldest first. Temporary files are never listed."""
@@ -135,7 +102,7 @@ class CheckpointManager:
             return []
         found = []
         for p in self.run_dir.iterdir():
-            m = _NAME_RE.match(p.name)
+            m = CHECKPOINT_RE.match(p.name)
             if m and p.is_file():
                 found.append((int(m.group(1)), p))
         return sorted(found)
@@ -171,9 +138,7 @@ class CheckpointManager:
                 torch.save(payload, f)
                 f.flush()
                 os.fsync(f.fileno())
-                if self.save_delay_s > 0:
-                    time.sleep(self.save_delay_s)
-            os.replace(tmp, final)
+            self._commit(tmp, final)
         except BaseException:
             # Includes KeyboardInterrupt: never leave a half-written temporary behind when we can help it.
             tmp.unlink(missing_ok=True)
@@ -184,6 +149,10 @@ class CheckpointManager:
         logger.info("saved checkpoint %s (%.1f MiB) in %.2f s", final, size_mb, time.perf_counter() - start)
         self._prune()
         return final
+
+    def _commit(self, tmp: Path, final: Path) -> None:
+        """The atomic step of a save: the complete temporary file takes the final name."""
+        os.replace(tmp, final)
 
     def _prune(self) -> None:
         if self.keep_last_k <= 0:

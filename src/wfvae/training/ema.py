@@ -27,9 +27,10 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["EMA", "EMA_KEY_PREFIX"]
+from wfvae.checkpoint_keys import MODULE_PREFIX
+from wfvae.training.parallel import full_tensor, is_sharded, shard_like
 
-EMA_KEY_PREFIX = "module."
+__all__ = ["EMA"]
 
 
 class EMA:
@@ -39,6 +40,10 @@ class EMA:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
+        self.reset(model)
+
+    def reset(self, model: nn.Module) -> None:
+        """Start the average over from the current trainable parameters of ``model``."""
         self.shadow: dict[str, torch.Tensor] = {
             name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad
         }
@@ -57,8 +62,6 @@ class EMA:
         names, params = self._pairs(model)
         # lerp(s, p, 1 - d) = s + (1 - d)(p - s) = d*s + (1 - d)*p, one fused kernel per tensor type (under
         # FSDP sharded DTensors and the replicated last layer cannot share one foreach call).
-        from wfvae.training.parallel import is_sharded
-
         groups: dict[bool, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for n, p in zip(names, params):
             shadows, values = groups.setdefault(is_sharded(p), ([], []))
@@ -88,9 +91,7 @@ class EMA:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Shadow tensors keyed ``module.<param name>`` (the original's layout), full and on CPU."""
-        from wfvae.training.parallel import full_tensor
-
-        return {EMA_KEY_PREFIX + k: full_tensor(v.detach()).cpu().clone() for k, v in self.shadow.items()}
+        return {MODULE_PREFIX + k: full_tensor(v.detach()).cpu().clone() for k, v in self.shadow.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
         """Load shadows saved by :meth:`state_dict` or by the original trainer.
@@ -98,9 +99,7 @@ class EMA:
         With ``strict`` every tracked parameter must be present with the same shape. Extra keys (e.g. encoder
         shadows when the encoder is now frozen) are ignored.
         """
-        from wfvae.training.parallel import shard_like
-
-        stripped = {(k.removeprefix(EMA_KEY_PREFIX)): v for k, v in state.items()}
+        stripped = {(k.removeprefix(MODULE_PREFIX)): v for k, v in state.items()}
         missing = [k for k in self.shadow if k not in stripped]
         if strict and missing:
             raise KeyError(f"EMA state lacks {len(missing)} tracked parameters, e.g. {missing[:3]}")

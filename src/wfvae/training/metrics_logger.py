@@ -34,7 +34,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MetricsLogger", "REPORT_TARGETS", "import_tensorboard_writer", "import_wandb", "parse_report_to"]
+__all__ = ["REPORT_TARGETS", "MetricsLogger", "import_tensorboard_writer", "import_wandb", "parse_report_to"]
 
 #: Trackers ``report_to`` may name (besides ``none``).
 REPORT_TARGETS = ("wandb", "tensorboard")

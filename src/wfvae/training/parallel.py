@@ -39,7 +39,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from wfvae.distributed import DistEnv
+from wfvae.checkpoint_keys import MODULE_PREFIX
+from wfvae.distributed import DistEnv, all_gather_object
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ __all__ = [
     "is_sharded",
     "load_model_state_dict",
     "load_optimizer_state_dict",
+    "replicas_identical",
     "replicated_generator_params",
     "shard_like",
     "wrap_generator",
@@ -149,15 +151,29 @@ def full_model_state_dict(model: nn.Module, fsdp: bool) -> dict[str, torch.Tenso
     return get_model_state_dict(model, options=_options(full_state_dict=True, cpu_offload=True))
 
 
-def load_model_state_dict(model: nn.Module, state: dict[str, torch.Tensor], fsdp: bool) -> None:
-    """Load a full state dict (every rank passes the same one); resharded under FSDP. Strict."""
+def load_model_state_dict(model: nn.Module, state: dict[str, torch.Tensor], fsdp: bool,
+                          ignore_mismatched_sizes: bool = False) -> None:
+    """Load a full state dict (every rank passes the same one); resharded under FSDP. Strict: every key must
+    match, except that ``ignore_mismatched_sizes`` keeps the model's tensor where the shapes differ."""
     if not fsdp or not any(is_sharded(p) for p in model.parameters()):
-        model.load_weights(state, strict=True)
+        model.load_weights(state, strict=True, ignore_mismatched_sizes=ignore_mismatched_sizes)
         return
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    set_model_state_dict(model, state, options=_options(full_state_dict=True, strict=True))
+    state = {k.removeprefix(MODULE_PREFIX): v for k, v in state.items()}
+    own = model.state_dict()  # sharded tensors report their full shape
+    strict = True
+    if ignore_mismatched_sizes:
+        kept = {k: v for k, v in state.items() if k not in own or tuple(own[k].shape) == tuple(v.shape)}
+        if len(kept) < len(state):
+            logger.warning("keeping the model's own values for %d tensors whose shape differs from the checkpoint's: "
+                           "%s", len(state) - len(kept), sorted(set(state) - set(kept))[:5])
+            missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+            if missing or unexpected:
+                raise ValueError(f"state dict does not fit the model: missing {missing[:5]}, unexpected "
+                                 f"{unexpected[:5]}")
+            state, strict = kept, False
+    set_model_state_dict(model, state, options=_options(full_state_dict=True, strict=strict))
 
 
 def _param_names(model: nn.Module, opt: torch.optim.Optimizer) -> list[str]:
@@ -223,3 +239,15 @@ def clip_grad_norm_(params: list[nn.Parameter], max_norm: float) -> torch.Tensor
         if group:
             torch._foreach_mul_([g.to_local() if is_sharded(g) else g for g in group], coef.to(group[0].device))
     return total
+
+
+def replicas_identical(modules: list[nn.Module], env: DistEnv) -> bool:
+    """Whether every rank holds the same weights in ``modules`` (collective).
+
+    All-reduced gradients are identical on every rank, so replicated weights must be bit-identical; a difference
+    means a rank skipped or repeated an update. FSDP shards are left out (each rank holds a different one).
+    """
+    params = [p for m in modules for p in m.parameters() if not is_sharded(p)]
+    fingerprint = torch.stack([p.detach().double().sum() for p in params]).cpu()
+    gathered = all_gather_object(fingerprint, env)
+    return all(torch.equal(gathered[0], g) for g in gathered[1:])
