@@ -31,9 +31,11 @@ from typing import Literal
 from wfvae.data.manifest import is_manifest
 from wfvae.downloads import parse_hub_id
 from wfvae.errors import ConfigError
+from wfvae.formats import VIDEO_EXTENSIONS, is_video_path
+from wfvae.models import MODEL_NAMES
 from wfvae.training.metrics_logger import import_tensorboard_writer, parse_report_to
 
-__all__ = ["DISC_CLASS_ALIASES", "VIDEO_EXTENSIONS", "TrainConfig", "build_train_parser", "parse_train_config"]
+__all__ = ["DISC_CLASS_ALIASES", "TrainConfig", "build_train_parser", "parse_train_config"]
 
 # Names accepted by ``--disc_cls``. The original passes a dotted import path; we map it through this
 # explicit table instead of importing a string. Only one loss exists, so every alias points to it.
@@ -43,10 +45,6 @@ DISC_CLASS_ALIASES: dict[str, str] = {
     "LPIPSWithDiscriminator3D": "LPIPSWithDiscriminator3D",
 }
 
-MODEL_NAMES = ("WFVAE", "CausalVAE")
-
-# Extensions counted when checking that a video folder is not empty (the dataset decides what it reads).
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
 
 
 def _f(default, help: str, **extra):
@@ -117,7 +115,7 @@ class TrainConfig:
         False, "Crop training clips at a random place instead of the centre (the original crops the centre).")
 
     # ---- model ------------------------------------------------------------------------------------
-    model_name: Literal["WFVAE", "CausalVAE"] | None = _f(None, "Model class: WFVAE or CausalVAE.")
+    model_name: Literal[MODEL_NAMES] | None = _f(None, "Model class: " + " or ".join(MODEL_NAMES) + ".")
     model_config: str | None = _f(None, "config.json of the model (original format); used to train from scratch.")
     pretrained_model_name_or_path: str | None = _f(
         None, "Folder (config.json + weights), .ckpt, or Hugging Face Hub id owner/name[@revision] to start "
@@ -305,10 +303,15 @@ def _check_video_folder(flag: str, path: str | None, required: bool) -> list[str
         return [] if p.is_file() else [f"{flag} {path!r}: manifest file not found."]
     if not p.is_dir():
         return [f"{flag} {path!r} is not a folder (nor a .csv/.jsonl/.parquet manifest)."]
-    for _root, _dirs, files in os.walk(p):
-        if any(name.lower().endswith(VIDEO_EXTENSIONS) for name in files):
+    # The same rule as the dataset's discovery (wfvae.data.index), stopping at the first video.
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(p, followlinks=True):
+        real = os.path.realpath(root)
+        dirs[:] = [] if real in seen else [d for d in dirs if not d.startswith(".")]
+        seen.add(real)
+        if any(is_video_path(name) and not name.startswith(".") for name in files):
             return []
-    return [f"{flag} {path!r} contains no video files ({', '.join(VIDEO_EXTENSIONS)})."]
+    return [f"{flag} {path!r} contains no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})."]
 
 
 # ---- command line ----------------------------------------------------------------------------------------
