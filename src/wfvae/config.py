@@ -121,7 +121,9 @@ class TrainConfig:
         None, "Folder (config.json + weights), .ckpt, or Hugging Face Hub id owner/name[@revision] to start "
         "from; loads weights only, no optimizer state.")
     ignore_mismatched_sizes: bool = _f(False, "When loading pretrained weights, skip tensors whose shape differs.")
-    enable_tiling: bool = _f(False, "Call model.enable_tiling() before training (as the original flag).")
+    enable_tiling: bool = _f(
+        False, "Accepted for the original's command lines and refused: tiling splits frames at inference "
+        "(encode/decode); the training forward pass always runs whole frames, so it would do nothing.")
     resume_from_checkpoint: str | None = _f(
         None, "A .ckpt file to resume from (weights, optimizers, EMA, data position, RNG), or 'latest' for the "
         "newest checkpoint in this run's folder (starts fresh when there is none).")
@@ -247,6 +249,10 @@ class TrainConfig:
             # torch's GradScaler cannot unscale a mix of sharded (DTensor) and replicated gradients, and each
             # rank would only see the infs of its own shard.
             errors.append("--fsdp does not support --mix_precision fp16 (GradScaler); use bf16 or fp32.")
+        if self.enable_tiling:
+            errors.append("--enable_tiling does nothing in training: spatial tiling applies to encode/decode at "
+                          "inference, while the training forward pass runs whole frames. Remove the flag; to save "
+                          "memory lower --resolution / --num_frames / --batch_size or use --fsdp.")
         if self.wavelet_loss and self.model_name == "CausalVAE":
             errors.append("--wavelet_loss needs the WFVAE's wavelet coefficients; CausalVAE has none.")
         if self.lpips_backbone_path and not Path(self.lpips_backbone_path).is_file():

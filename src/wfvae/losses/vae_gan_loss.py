@@ -52,12 +52,6 @@ def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.
     return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
 
-def vanilla_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    """Non-saturating (softplus) loss of the discriminator."""
-    return 0.5 * (F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean())
-
-
-D_LOSSES = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss}
 
 
 def adaptive_generator_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor,
@@ -131,25 +125,17 @@ class VAEGANLoss(nn.Module):
         pixel_loss ("l1" | "l2", default "l1"): per-pixel reconstruction distance.
         perceptual_weight (float, default 1.0): weight of LPIPS inside the reconstruction term.
         disc_weight (float, default 1.0): scale of the adaptive adversarial weight.
-        disc_factor (float, default 1.0): extra multiplier of the adversarial terms after ``disc_start``.
-        disc_loss ("hinge" | "vanilla", default "hinge").
-        disc_num_layers (int, default 4), disc_in_channels (int, default 3), disc_base_channels (int, default 64):
-            discriminator size.
-        learn_logvar (bool, default False): whether ``logvar`` is trainable (it is not in the original runs).
+        disc_num_layers (int, default 4), disc_base_channels (int, default 64): discriminator size (RGB input).
         wavelet_weight (float, default 0.01): weight of the wavelet-coefficient loss.
     """
 
     def __init__(self, perceptual: nn.Module | None, disc_start: int, logvar_init: float = 0.0,
                  kl_weight: float = 1.0, pixel_loss: str = "l1", perceptual_weight: float = 1.0,
-                 disc_weight: float = 1.0, disc_factor: float = 1.0, disc_loss: str = "hinge",
-                 disc_num_layers: int = 4, disc_in_channels: int = 3, disc_base_channels: int = 64,
-                 learn_logvar: bool = False,
+                 disc_weight: float = 1.0, disc_num_layers: int = 4, disc_base_channels: int = 64,
                  wavelet_weight: float = 0.01):
         super().__init__()
         if pixel_loss not in ("l1", "l2"):
             raise ValueError(f"pixel_loss must be 'l1' or 'l2', got {pixel_loss!r}")
-        if disc_loss not in D_LOSSES:
-            raise ValueError(f"disc_loss must be one of {sorted(D_LOSSES)}, got {disc_loss!r}")
         if perceptual is None and perceptual_weight > 0:
             raise ValueError("perceptual_weight > 0 needs a perceptual module")
         self.pixel_loss = pixel_loss
@@ -157,28 +143,26 @@ class VAEGANLoss(nn.Module):
         self.kl_weight = kl_weight
         self.wavelet_weight = wavelet_weight
         self.disc_start = disc_start
-        self.disc_factor = disc_factor
         self.disc_weight = disc_weight
-        self.d_loss_fn = D_LOSSES[disc_loss]
         # Registration order matches the original so state_dict() lists keys in the same order.
         if perceptual is not None:
             self.perceptual_loss = perceptual
-        self.logvar = nn.Parameter(torch.full((), float(logvar_init)), requires_grad=learn_logvar)
-        self.discriminator = NLayerDiscriminator3D(in_channels=disc_in_channels, base_channels=disc_base_channels,
+        self.logvar = nn.Parameter(torch.full((), float(logvar_init)), requires_grad=False)  # fixed, as in the original runs
+        self.discriminator = NLayerDiscriminator3D(in_channels=3, base_channels=disc_base_channels,
                                                    num_layers=disc_num_layers)
 
     # ---- helpers ----------------------------------------------------------------------------------
     def adversarial_active(self, step: int) -> bool:
-        return step >= self.disc_start and self.disc_factor > 0
+        return step >= self.disc_start
 
     def _disc_factor(self, step: int) -> float:
-        return self.disc_factor if step >= self.disc_start else 0.0
+        """The adversarial terms' factor: 0 before ``disc_start``, 1 from it (the original's schedule)."""
+        return 1.0 if step >= self.disc_start else 0.0
 
     # ---- generator --------------------------------------------------------------------------------
     def generator_loss(self, video: torch.Tensor, recon: torch.Tensor, posterior, step: int,
                        last_layer: torch.Tensor | None = None,
-                       wavelet_coeffs: Sequence[torch.Tensor] | None = None,
-                       discriminator: nn.Module | None = None) -> tuple[torch.Tensor, dict]:
+                       wavelet_coeffs: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
         """Total generator loss and its detached parts.
 
         Args:
@@ -187,7 +171,6 @@ class VAEGANLoss(nn.Module):
             step: global step (decides whether the adversarial term is on).
             last_layer: decoder output weight, needed once the adversarial term is on.
             wavelet_coeffs: ``(enc_l1, dec_l1, enc_l2, dec_l2)`` from WFVAE, or None.
-            discriminator: module to score ``recon`` with (default ``self.discriminator``).
 
         Returns:
             ``(loss, parts)``; ``parts`` maps log keys to detached scalar tensors.
@@ -217,7 +200,7 @@ class VAEGANLoss(nn.Module):
 
         loss = nll_loss + self.kl_weight * kl_loss + self.wavelet_weight * wl_loss
         if self.adversarial_active(step):
-            disc = self.discriminator if discriminator is None else discriminator
+            disc = self.discriminator
             logits_fake = disc(recon)
             g_loss = -logits_fake.mean()
             if last_layer is None:
@@ -246,13 +229,12 @@ class VAEGANLoss(nn.Module):
         return loss, parts
 
     # ---- discriminator ----------------------------------------------------------------------------
-    def discriminator_loss(self, video: torch.Tensor, recon: torch.Tensor, step: int,
-                           discriminator: nn.Module | None = None) -> tuple[torch.Tensor, dict]:
+    def discriminator_loss(self, video: torch.Tensor, recon: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
         """Hinge loss of the discriminator on real ``video`` vs. detached ``recon``; ``(loss, parts)``."""
-        disc = self.discriminator if discriminator is None else discriminator
+        disc = self.discriminator
         logits_real = disc(video.detach())
         logits_fake = disc(recon.detach())
-        d_loss = self._disc_factor(step) * self.d_loss_fn(logits_real, logits_fake)
+        d_loss = self._disc_factor(step) * hinge_d_loss(logits_real, logits_fake)
         parts = {
             "loss_d": d_loss.detach(),
             "logits_real": logits_real.detach().mean(),

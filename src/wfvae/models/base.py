@@ -118,8 +118,8 @@ class VideoAutoencoder(nn.Module):
         """Store every convolution weight channels-last, like the activations; returns ``self``.
 
         For inference. Activations run channels-last, so a convolution with an NCDHW weight
-        first copies the weight into the input's layout on every call (about 6 % of a WF-VAE-L
-        round trip on CPU); after this call that copy is gone. Outputs agree with the default
+        first copies the weight into the input's layout on every call (its measured share of a
+        WF-VAE-L round trip is in ``benchmarks/RESULTS.md``); after this call that copy is gone. Outputs agree with the default
         layout to float rounding (oneDNN may pick a kernel with another summation order; 3.9e-7
         max-abs on a WF-VAE-L float32 round trip). ``load_state_dict`` and ``.to()`` keep the
         layout and ``save_pretrained`` writes contiguous tensors, but ``state_dict()`` then holds

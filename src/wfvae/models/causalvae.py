@@ -45,7 +45,7 @@ def _run_level(level: nn.Module, h: torch.Tensor, stream: StreamState | None, re
 
 class CausalVAEEncoder(nn.Module):
     def __init__(
-        self, z_channels, hidden_size, hidden_size_mult, attn_resolutions, conv_in, conv_out, attention,
+        self, *, z_channels, hidden_size, hidden_size_mult, attn_resolutions, conv_in, conv_out, attention,
         resnet_blocks, spatial_downsample, temporal_downsample, mid_resnet, dropout, resolution,
         num_res_blocks, double_z, norm_type,
     ):
@@ -99,7 +99,7 @@ class CausalVAEEncoder(nn.Module):
 
 class CausalVAEDecoder(nn.Module):
     def __init__(
-        self, z_channels, hidden_size, hidden_size_mult, attn_resolutions, conv_in, conv_out, attention,
+        self, *, z_channels, hidden_size, hidden_size_mult, attn_resolutions, conv_in, conv_out, attention,
         resnet_blocks, spatial_upsample, temporal_upsample, mid_resnet, dropout, resolution,
         num_res_blocks, norm_type,
     ):
@@ -203,14 +203,20 @@ class CausalVAE(VideoAutoencoder):
         self._record_config(values)
         self.use_quant_layer = use_quant_layer
         self.encoder = CausalVAEEncoder(
-            z_channels, hidden_size, hidden_size_mult, attn_resolutions, encoder_conv_in, encoder_conv_out,
-            encoder_attention, encoder_resnet_blocks, encoder_spatial_downsample, encoder_temporal_downsample,
-            encoder_mid_resnet, dropout, resolution, num_res_blocks, double_z, norm_type,
+            z_channels=z_channels, hidden_size=hidden_size, hidden_size_mult=hidden_size_mult,
+            attn_resolutions=attn_resolutions, conv_in=encoder_conv_in, conv_out=encoder_conv_out,
+            attention=encoder_attention, resnet_blocks=encoder_resnet_blocks,
+            spatial_downsample=encoder_spatial_downsample, temporal_downsample=encoder_temporal_downsample,
+            mid_resnet=encoder_mid_resnet, dropout=dropout, resolution=resolution, num_res_blocks=num_res_blocks,
+            double_z=double_z, norm_type=norm_type,
         )
         self.decoder = CausalVAEDecoder(
-            z_channels, hidden_size, hidden_size_mult, attn_resolutions, decoder_conv_in, decoder_conv_out,
-            decoder_attention, decoder_resnet_blocks, decoder_spatial_upsample, decoder_temporal_upsample,
-            decoder_mid_resnet, dropout, resolution, num_res_blocks, norm_type,
+            z_channels=z_channels, hidden_size=hidden_size, hidden_size_mult=hidden_size_mult,
+            attn_resolutions=attn_resolutions, conv_in=decoder_conv_in, conv_out=decoder_conv_out,
+            attention=decoder_attention, resnet_blocks=decoder_resnet_blocks,
+            spatial_upsample=decoder_spatial_upsample, temporal_upsample=decoder_temporal_upsample,
+            mid_resnet=decoder_mid_resnet, dropout=dropout, resolution=resolution, num_res_blocks=num_res_blocks,
+            norm_type=norm_type,
         )
         if use_quant_layer:
             quant_cls = pick(CONV_LAYERS, q_conv, "q_conv")

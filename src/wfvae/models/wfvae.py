@@ -40,6 +40,7 @@ def _l1_channels(block_name: str) -> int:
 class WFVAEEncoder(nn.Module):
     def __init__(
         self,
+        *,
         latent_dim: int,
         base_channels: int,
         num_resblocks: int,
@@ -97,6 +98,7 @@ class WFVAEEncoder(nn.Module):
 class WFVAEDecoder(nn.Module):
     def __init__(
         self,
+        *,
         latent_dim: int,
         base_channels: int,
         num_resblocks: int,
@@ -224,14 +226,19 @@ class WFVAE(VideoAutoencoder):
         self._record_config(values)
         self.latent_channels = latent_dim
         self.encoder = WFVAEEncoder(
-            latent_dim, base_channels, encoder_num_resblocks, encoder_energy_flow_hidden_size, dropout,
-            attention_type, use_attention, norm_type,
-            l1_dowmsample_block, l1_downsample_wavelet, l2_dowmsample_block, l2_downsample_wavelet,
+            latent_dim=latent_dim, base_channels=base_channels, num_resblocks=encoder_num_resblocks,
+            energy_flow_hidden_size=encoder_energy_flow_hidden_size, dropout=dropout,
+            attention_type=attention_type, use_attention=use_attention, norm_type=norm_type,
+            l1_dowmsample_block=l1_dowmsample_block, l1_downsample_wavelet=l1_downsample_wavelet,
+            l2_dowmsample_block=l2_dowmsample_block, l2_downsample_wavelet=l2_downsample_wavelet,
         )
         self.decoder = WFVAEDecoder(
-            latent_dim, base_channels, decoder_num_resblocks, dropout, decoder_energy_flow_hidden_size,
-            attention_type, use_attention, norm_type, t_interpolation, connect_res_layer_num,
-            l1_upsample_block, l1_upsample_wavelet, l2_upsample_block, l2_upsample_wavelet,
+            latent_dim=latent_dim, base_channels=base_channels, num_resblocks=decoder_num_resblocks,
+            dropout=dropout, energy_flow_hidden_size=decoder_energy_flow_hidden_size,
+            attention_type=attention_type, use_attention=use_attention, norm_type=norm_type,
+            t_interpolation=t_interpolation, connect_res_layer_num=connect_res_layer_num,
+            l1_upsample_block=l1_upsample_block, l1_upsample_wavelet=l1_upsample_wavelet,
+            l2_upsample_block=l2_upsample_block, l2_upsample_wavelet=l2_upsample_wavelet,
         )
         # input 3D Haar halves time; each level whose block also works in time halves it again
         temporal_levels = sum(b == "Spatial2xTime2x3DDownsample" for b in (l1_dowmsample_block, l2_dowmsample_block))

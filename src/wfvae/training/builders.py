@@ -131,10 +131,6 @@ def build_model(cfg: TrainConfig, ckpt: dict | None) -> VideoAutoencoder:
         model = model_cls.from_config(read_model_config(cfg, ckpt))
     if not isinstance(model, model_cls):
         raise ConfigError(f"--model_name {cfg.model_name} but the weights are a {type(model).__name__}")
-    if cfg.enable_tiling:
-        if not hasattr(model, "enable_tiling"):
-            raise ConfigError(f"{cfg.model_name} has no tiling support (--enable_tiling)")
-        model.enable_tiling()
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     if cfg.freeze_encoder:

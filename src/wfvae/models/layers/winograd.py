@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import torch
 
-# Winograd only pays when a call has at least this many output pixels (frames x H x W x batch): on
-# WF-VAE-L's shapes (192-768 channels, 1 or 3 time taps) 1024 pixels ran at 0.65-0.86x oneDNN's
-# direct kernel, 512 pixels at 1.15x (GEMMs of 128 rows).
+# Winograd only pays when a call has at least this many output pixels (frames x H x W x batch); below
+# it oneDNN's direct kernel was faster on WF-VAE-L's shapes (measurements: benchmarks/RESULTS.md).
 MIN_OUTPUT_PIXELS = 1024
-# values of one block's transformed input (16 x frames x tiles x C_in); 2**23 floats = 32 MiB. Measured
-# with bench_conv on WF-VAE-L's layer shapes: 0.86-0.98x the time of 2**25-value blocks and far
-# less transient memory (2**25 added about 0.7 GB to a 9 x 256 x 256 round trip); 2**20 was 1.6-2.5x
-# slower (small GEMMs).
+# values of one block's transformed input (16 x frames x tiles x C_in); 2**23 floats = 32 MiB: about as
+# fast as larger blocks with far less transient memory, while much smaller blocks are slower (small
+# GEMMs); bench_conv --block_elements measures it, the numbers are in benchmarks/RESULTS.md.
 BLOCK_ELEMENTS = 2**23
 
 
