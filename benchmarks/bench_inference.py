@@ -66,7 +66,7 @@ def _reset_peak_rss() -> None:
 
 
 def _load_ours(job):
-    from wfvae.inference.reconstruct import load_for_inference
+    from wfvae.inference.common import load_for_inference
 
     return load_for_inference(job["weights"], job.get("conv", "auto"))  # as the inference commands load it
 

@@ -124,6 +124,7 @@ def test_reconstruct_and_evaluate_read_the_same_clips(real_files, tmp_path):
                             sample_rate=2, resolution=64)
     single = _SingleFile(path, cfg, temporal_factor=4)[0]["video"]
     assert (single - ref).abs().max().item() <= 0.55 * LEVEL
-    pairs = _PairDataset([("k", path, path)], EvalConfig(num_frames=9, sample_rate=2, resolution=64))
+    pairs = _PairDataset([("k", path, path)], EvalConfig(real_video_dir=str(path), generated_video_dir=str(path), num_frames=9,
+                                                              sample_rate=2, resolution=64))
     real = pairs[0]["real"]
     assert (real - ref).abs().max().item() <= 0.55 * LEVEL

@@ -28,6 +28,12 @@ REPO = Path(__file__).resolve().parents[1]
 NUM_FRAMES, SIZE = 9, 32
 
 
+
+def _cfg(real, gen, metrics: str, **settings) -> E.EvalConfig:
+    """An evaluation config as the Python API takes it (decoding in this process: cheap on a shared CPU)."""
+    return E.EvalConfig(real_video_dir=str(real), generated_video_dir=str(gen), metric=metrics.split(","),
+                        num_workers=0, **settings)
+
 def _perturb(frames: np.ndarray, seed: int) -> np.ndarray:
     """A deterministic 'reconstruction': blocky noise of a few levels."""
     rng = np.random.default_rng(seed)
@@ -60,7 +66,7 @@ def _expected(real: Path, gen: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def test_psnr_ssim_dataset_values_match_skimage(folders):
     real, gen, keys = folders
-    result = E.evaluate_folders(real, gen, "psnr,ssim", num_frames=NUM_FRAMES, resolution=SIZE)
+    result = E.evaluate_folders(_cfg(real, gen, "psnr,ssim", num_frames=NUM_FRAMES, resolution=SIZE))
     assert [row["path"] for row in result["per_video"]] == keys  # origin/ was not paired with itself
     psnrs, ssims = [], []
     for key, row in zip(keys, result["per_video"]):
@@ -96,8 +102,8 @@ def test_lpips_and_fvd_are_dataset_level(folders):
     lpips_model = load_lpips("alex", random_backbone=True)
     extractor = I3DFeatureExtractor("videogpt", _FeatureNet(), "cpu")
     result = E.evaluate_folders(
-        real, gen, ["lpips", "fvd"], num_frames=NUM_FRAMES, resolution=SIZE,
-        lpips_model=lpips_model, fvd_extractor=extractor, batch_size=2,
+        _cfg(real, gen, "lpips,fvd", num_frames=NUM_FRAMES, resolution=SIZE, batch_size=2),
+        lpips_model=lpips_model, fvd_extractor=extractor,
     )
     # LPIPS: mean over frames per video, then over videos.
     per_video = []
@@ -132,9 +138,9 @@ def test_sample_rate_applies_to_real_side_and_resize_crop(tmp_path):
     # Reconstruction of the frames the original samples with sample_rate 2 (linspace(0, 17, 9): 0, 2, ..., 14,
     # 17), already subsampled, same 40x56 size.
     write_video(tmp_path / "gen" / "v.mkv", clip[clip_indices(0, NUM_FRAMES, 2)], lossless=True)
-    result = E.evaluate_folders(tmp_path / "raw", tmp_path / "gen", "psnr", num_frames=NUM_FRAMES, sample_rate=2, resolution=32)
+    result = E.evaluate_folders(_cfg(tmp_path / "raw", tmp_path / "gen", "psnr", num_frames=NUM_FRAMES, sample_rate=2, resolution=32))
     assert result["dataset"]["psnr"] == PSNR_CAP_DB  # exact frame correspondence through resize + crop
-    shifted = E.evaluate_folders(tmp_path / "raw", tmp_path / "gen", "psnr", num_frames=NUM_FRAMES, sample_rate=1, resolution=32)
+    shifted = E.evaluate_folders(_cfg(tmp_path / "raw", tmp_path / "gen", "psnr", num_frames=NUM_FRAMES, sample_rate=1, resolution=32))
     assert shifted["dataset"]["psnr"] < 40
 
 
@@ -167,9 +173,9 @@ def test_pairing_errors(tmp_path, folders):
 def test_short_video_and_bad_metric_are_errors(folders, tmp_path):
     real, gen, _ = folders
     with pytest.raises(Exception, match="requested frames"):
-        E.evaluate_folders(real, gen, "psnr", num_frames=NUM_FRAMES + 1, resolution=SIZE)
+        E.evaluate_folders(_cfg(real, gen, "psnr", num_frames=NUM_FRAMES + 1, resolution=SIZE))
     with pytest.raises(ValueError, match="choose from psnr, ssim, lpips, fvd"):
-        E.evaluate_folders(real, gen, "psnr,flolpips")
+        E.evaluate_folders(_cfg(real, gen, "psnr,flolpips"))
 
 
 def test_cli_prints_table_and_writes_json(folders, tmp_path, capsys):
@@ -219,7 +225,7 @@ def test_eval_sh_end_to_end(tmp_path, alexnet_checkpoint):
     psnr_line = re.search(r"^psnr: (\d+\.\d{4})$", proc.stdout, re.M)
     lpips_line = re.search(r"^lpips: (\d+\.\d{4})$", proc.stdout, re.M)
     assert psnr_line and lpips_line, proc.stdout
-    expected = E.evaluate_folders(exp_dir / "origin", exp_dir, "psnr", num_frames=NUM_FRAMES, resolution=SIZE)
+    expected = E.evaluate_folders(_cfg(exp_dir / "origin", exp_dir, "psnr", num_frames=NUM_FRAMES, resolution=SIZE))
     assert float(psnr_line.group(1)) == pytest.approx(expected["dataset"]["psnr"], abs=1e-4)
     report = json.loads((exp_dir / "metrics_psnr_lpips.json").read_text())
     assert report["num_videos"] == 2 and 0 < report["dataset"]["lpips"] < 1

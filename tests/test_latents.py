@@ -10,7 +10,7 @@ import torch
 from wfvae.cli import main as cli
 from wfvae.data.synthetic import make_synthetic_video
 from wfvae.data.video_io import read_video, write_video
-from wfvae.inference.latents import latent_stats, load_latents
+from wfvae.inference.latents import LatentStatsConfig, latent_stats, load_latents
 from wfvae.models import build_model
 
 ROOT = Path(__file__).parents[1]
@@ -71,7 +71,7 @@ def test_decode_round_trip_equals_reconstruct(setup, tmp_path):
 
 def test_latent_stats_match_direct_computation_and_scale_shift(setup, tmp_path, capsys):
     assert _encode(setup, tmp_path / "lat") == 0
-    stats = latent_stats(tmp_path / "lat")
+    stats = latent_stats(LatentStatsConfig(latents=str(tmp_path / "lat")))
     allz = torch.cat([z.double().reshape(z.shape[0], -1) for _, z in load_latents(tmp_path / "lat")], dim=1)
     torch.testing.assert_close(torch.tensor(stats["mean"], dtype=torch.float64), allz.mean(1), atol=1e-12, rtol=0)
     torch.testing.assert_close(torch.tensor(stats["std"], dtype=torch.float64), allz.std(1, correction=0), atol=1e-12, rtol=0)
@@ -89,7 +89,7 @@ def test_latent_stats_match_direct_computation_and_scale_shift(setup, tmp_path, 
 
 def test_latent_stats_on_empty_folder_is_clear(tmp_path):
     with pytest.raises(ValueError, match="no latents"):
-        latent_stats(tmp_path)
+        latent_stats(LatentStatsConfig(latents=str(tmp_path)))
 
 
 def _tamper_index(lat: Path, **fields) -> None:

@@ -192,9 +192,10 @@ def test_decode_device_auto_and_default(files, tmp_path, capsys):
     assert cli(["decode", "--latents", str(lat), "--ckpt", str(files["model"]), "--out", str(tmp_path / "d1"),
                 "--device", "auto"]) == 0
     assert cli(["decode", "--latents", str(lat), "--ckpt", str(files["model"]), "--out", str(tmp_path / "d2")]) == 0
-    from wfvae.inference.latents import _decode_parser
+    from wfvae.inference.latents import DecodeConfig
+    from wfvae.options import parse_config
 
-    assert _decode_parser().parse_args(["--latents", "l", "--ckpt", "c", "--out", "o"]).device == "auto"
+    assert parse_config(DecodeConfig, ["--latents", "l", "--ckpt", "c", "--out", "o"], "wfvae decode").device == "auto"
     assert read_video(tmp_path / "d1" / "c1.mp4").shape == read_video(tmp_path / "d2" / "c1.mp4").shape
 
 

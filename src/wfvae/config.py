@@ -10,10 +10,9 @@ How to use::
 
 Every field of :class:`TrainConfig` is one command-line flag with the same name as in the original
 WF-VAE ``train_ddp.py`` (``--num_frames``, ``--mix_precision``, ...), so the original command lines keep
-working. Each field carries its help text in ``metadata["help"]``; ``--help`` prints it.
-
-Precedence is simple: dataclass default < command line. Unknown flags are an error that names the closest
-valid flag; a value that does not parse as the field's type is an error too.
+working. Fields are declared with :func:`wfvae.options.option` (default and help once) and parsed by the
+generator every command shares (:mod:`wfvae.options`): unknown flags name the closest valid one, values that do
+not parse as the field's type are errors, and ``--help`` shows every flag's help and default.
 """
 
 from __future__ import annotations
@@ -22,9 +21,7 @@ import argparse
 import dataclasses
 import difflib
 import os
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +30,7 @@ from wfvae.downloads import parse_hub_id
 from wfvae.errors import ConfigError
 from wfvae.formats import VIDEO_EXTENSIONS, is_video_path
 from wfvae.models import MODEL_NAMES
+from wfvae.options import DeviceOptions, OfflineOptions, ResizeOptions, build_parser, option, parse_config
 from wfvae.training.metrics_logger import import_tensorboard_writer, parse_report_to
 
 __all__ = ["DISC_CLASS_ALIASES", "TrainConfig", "build_train_parser", "parse_train_config"]
@@ -47,131 +45,117 @@ DISC_CLASS_ALIASES: dict[str, str] = {
 
 
 
-def _f(default, help: str, **extra):
-    """A dataclass field whose help text lives next to its default."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **extra})
-    return field(default=default, metadata={"help": help, **extra})
-
-
-@dataclass
-class TrainConfig:
+@dataclass(kw_only=True)
+class TrainConfig(DeviceOptions, OfflineOptions, ResizeOptions):
     """Every knob of ``wfvae train``. Grouped as in ``train_ddp.py``; one line of help per field."""
 
     # ---- experiment / I/O -------------------------------------------------------------------------
-    exp_name: str = _f("test", "Experiment name; the run folder is <ckpt_dir>/<exp_name>-lr..-bs..-rs..-sr..-fr...")
-    seed: int = _f(1234, "Global random seed (model init, posterior sampling, dropout, data shuffling).")
-    ckpt_dir: str = _f("./results/", "Parent folder of the run folder that holds checkpoints and metrics.jsonl.")
-    save_ckpt_step: int = _f(1000, "Write a checkpoint every this many steps (steps = optimizer steps of G or D).")
-    keep_last_k: int = _f(0, "Keep only the newest K checkpoints of this run (0 = keep all, like the original).")
-    log_steps: int = _f(5, "Log losses / lr / grad norm every this many steps.")
-    report_to: str = _f(
+    exp_name: str = option("test", "Experiment name; the run folder is <ckpt_dir>/<exp_name>-lr..-bs..-rs..-sr..-fr...")
+    seed: int = option(1234, "Global random seed (model init, posterior sampling, dropout, data shuffling).")
+    ckpt_dir: str = option("./results/", "Parent folder of the run folder that holds checkpoints and metrics.jsonl.")
+    save_ckpt_step: int = option(1000, "Write a checkpoint every this many steps (steps = optimizer steps of G or D).")
+    keep_last_k: int = option(0, "Keep only the newest K checkpoints of this run (0 = keep all, like the original).")
+    log_steps: int = option(5, "Log losses / lr / grad norm every this many steps.")
+    report_to: str = option(
         "wandb", "Experiment trackers: none, wandb, tensorboard, or a comma list such as wandb,tensorboard. "
         "'wandb' honours WANDB_MODE=offline|disabled and WANDB_PROJECT; 'tensorboard' writes event files to "
         "<run folder>/tensorboard (scalars, validation frames, the config as text); "
         "metrics.jsonl in the run folder is written either way.")
-    wandb_project: str | None = _f(None, "W&B project (default: $WANDB_PROJECT, as wandb itself reads it).")
+    wandb_project: str | None = option(None, "W&B project (default: $WANDB_PROJECT, as wandb itself reads it).")
 
     # ---- training ---------------------------------------------------------------------------------
-    epochs: int = _f(10, "Number of passes over the training set (ignored once --max_steps is reached).")
-    max_steps: int | None = _f(None, "Stop after this many steps in total (default: epochs x steps per epoch).")
-    batch_size: int = _f(1, "Local batch size per process (clips).")
-    lr: float = _f(1e-5, "AdamW learning rate for the generator and the discriminator (constant).")
-    weight_decay: float = _f(1e-4, "AdamW weight decay.")
-    lr_scheduler: Literal["constant", "cosine"] = _f(
+    epochs: int = option(10, "Number of passes over the training set (ignored once --max_steps is reached).")
+    max_steps: int | None = option(None, "Stop after this many steps in total (default: epochs x steps per epoch).")
+    batch_size: int = option(1, "Local batch size per process (clips).")
+    lr: float = option(1e-5, "AdamW learning rate for the generator and the discriminator (constant).")
+    weight_decay: float = option(1e-4, "AdamW weight decay.")
+    lr_scheduler: Literal["constant", "cosine"] = option(
         "constant", "Learning-rate schedule of both optimizers: constant (the original's), or cosine decay to 0 "
         "at the last step (after the warm-up).")
-    lr_warmup_steps: int = _f(0, "Raise the learning rate linearly from ~0 to --lr over this many steps.")
-    clip_grad_norm: float = _f(1e5, "Clip the global gradient norm of each update to this value.")
-    freeze_encoder: bool = _f(False, "Freeze the encoder (and quant_conv); train the decoder only.")
-    mix_precision: Literal["bf16", "fp16", "fp32"] = _f(
+    lr_warmup_steps: int = option(0, "Raise the learning rate linearly from ~0 to --lr over this many steps.")
+    clip_grad_norm: float = option(1e5, "Clip the global gradient norm of each update to this value.")
+    freeze_encoder: bool = option(False, "Freeze the encoder (and quant_conv); train the decoder only.")
+    mix_precision: Literal["bf16", "fp16", "fp32"] = option(
         "bf16", "Autocast precision. fp16 also enables a GradScaler; fp32 runs without autocast.")
-    ema: bool = _f(False, "Keep an exponential moving average of the generator; validate and save it too.")
-    ema_decay: float = _f(0.999, "EMA decay per generator step.")
-    device: Literal["auto", "cuda", "cpu"] = _f("auto", "auto = CUDA + nccl when a GPU is visible, else CPU + gloo.")
-    find_unused_parameters: bool = _f(False, "Passed to DistributedDataParallel.")
-    fsdp: bool = _f(
+    ema: bool = option(False, "Keep an exponential moving average of the generator; validate and save it too.")
+    ema_decay: float = option(0.999, "EMA decay per generator step.")
+    find_unused_parameters: bool = option(False, "Passed to DistributedDataParallel.")
+    fsdp: bool = option(
         False, "Shard the generator's parameters, gradients and optimizer state over the ranks with FSDP2 "
         "instead of replicating them with DDP (for models or resolutions where DDP runs out of memory). "
         "Checkpoints keep the same single-file layout, so a run can switch between DDP and FSDP on resume. "
         "Not with --mix_precision fp16.")
-    gradient_checkpointing: bool = _f(
+    gradient_checkpointing: bool = option(
         False, "Recompute each ResNet, attention and up/down-sampling block of the generator in the backward pass "
         "instead of keeping its activations (less memory, about one extra forward pass of time; gradients are "
         "unchanged, also under --mix_precision bf16).")
 
     # ---- data -------------------------------------------------------------------------------------
-    video_path: str | None = _f(None, "Folder searched recursively for training videos, or a manifest "
+    video_path: str | None = option(None, "Folder searched recursively for training videos, or a manifest "
                                       "(.csv/.jsonl/.parquet with a 'path' column; see wfvae data-check).")
-    num_frames: int = _f(17, "Frames per training clip; must be 1 + k * temporal_compression_ratio.")
-    resolution: int = _f(256, "Training clip side length in pixels; divisible by the spatial compression ratio.")
-    sample_rate: int = _f(2, "Take every n-th frame when cutting training clips.")
-    dataset_num_worker: int = _f(4, "DataLoader worker processes per rank.")
-    resize: Literal["original", "fast"] = _f(
-        "original", "How training and validation frames reach --resolution. original: decode full frames and "
-        "resize as the original WF-VAE does (torchvision Resize, antialiased bilinear; same clips within 0.5/255); "
-        "fast: resize inside the decoder (FFmpeg swscale, cheaper, a different filter).")
-    random_crop: bool = _f(
+    num_frames: int = option(17, "Frames per training clip; must be 1 + k * temporal_compression_ratio.")
+    resolution: int = option(256, "Training clip side length in pixels; divisible by the spatial compression ratio.")
+    sample_rate: int = option(2, "Take every n-th frame when cutting training clips.")
+    dataset_num_worker: int = option(4, "DataLoader worker processes per rank.")
+    random_crop: bool = option(
         False, "Crop training clips at a random place instead of the centre (the original crops the centre).")
 
     # ---- model ------------------------------------------------------------------------------------
-    model_name: Literal[MODEL_NAMES] | None = _f(None, "Model class: " + " or ".join(MODEL_NAMES) + ".")
-    model_config: str | None = _f(None, "config.json of the model (original format); used to train from scratch.")
-    pretrained_model_name_or_path: str | None = _f(
+    model_name: Literal[MODEL_NAMES] | None = option(None, "Model class: " + " or ".join(MODEL_NAMES) + ".")
+    model_config: str | None = option(None, "config.json of the model (original format); used to train from scratch.")
+    pretrained_model_name_or_path: str | None = option(
         None, "Folder (config.json + weights), .ckpt, or Hugging Face Hub id owner/name[@revision] to start "
         "from; loads weights only, no optimizer state.")
-    ignore_mismatched_sizes: bool = _f(False, "When loading pretrained weights, skip tensors whose shape differs.")
-    enable_tiling: bool = _f(
+    ignore_mismatched_sizes: bool = option(False, "When loading pretrained weights, skip tensors whose shape differs.")
+    enable_tiling: bool = option(
         False, "Accepted for the original's command lines and refused: tiling splits frames at inference "
         "(encode/decode); the training forward pass always runs whole frames, so it would do nothing.")
-    resume_from_checkpoint: str | None = _f(
+    resume_from_checkpoint: str | None = option(
         None, "A .ckpt file to resume from (weights, optimizers, EMA, data position, RNG), or 'latest' for the "
         "newest checkpoint in this run's folder (starts fresh when there is none).")
-    not_resume_discriminator: bool = _f(False, "On resume, keep the fresh discriminator and its optimizer.")
-    not_resume_optimizer: bool = _f(False, "On resume, keep a fresh generator optimizer.")
+    not_resume_discriminator: bool = option(False, "On resume, keep the fresh discriminator and its optimizer.")
+    not_resume_optimizer: bool = option(False, "On resume, keep a fresh generator optimizer.")
 
     # ---- loss -------------------------------------------------------------------------------------
-    disc_cls: str = _f(
+    disc_cls: str = option(
         "causalvideovae.model.losses.LPIPSWithDiscriminator3D",
         "Loss/discriminator class. Accepted: " + ", ".join(sorted(DISC_CLASS_ALIASES)) + ".")
-    disc_start: int = _f(5, "Step at which the adversarial loss and discriminator updates begin.")
-    disc_weight: float = _f(0.5, "Scale of the adaptive adversarial weight.")
-    kl_weight: float = _f(1e-6, "Weight of the KL term.")
-    perceptual_weight: float = _f(1.0, "Weight of the LPIPS perceptual term (0 disables it).")
-    loss_type: Literal["l1", "l2"] = _f("l1", "Pixel reconstruction loss.")
-    logvar_init: float = _f(0.0, "Initial value of the (fixed) log-variance that divides the reconstruction loss.")
-    wavelet_loss: bool = _f(False, "Add the WF-VAE wavelet-coefficient loss (WFVAE only).")
-    wavelet_weight: float = _f(0.1, "Weight of the wavelet-coefficient loss.")
-    disc_base_channels: int = _f(64, "Width of the discriminator's first conv (64 as the original; smaller only "
+    disc_start: int = option(5, "Step at which the adversarial loss and discriminator updates begin.")
+    disc_weight: float = option(0.5, "Scale of the adaptive adversarial weight.")
+    kl_weight: float = option(1e-6, "Weight of the KL term.")
+    perceptual_weight: float = option(1.0, "Weight of the LPIPS perceptual term (0 disables it).")
+    loss_type: Literal["l1", "l2"] = option("l1", "Pixel reconstruction loss.")
+    logvar_init: float = option(0.0, "Initial value of the (fixed) log-variance that divides the reconstruction loss.")
+    wavelet_loss: bool = option(False, "Add the WF-VAE wavelet-coefficient loss (WFVAE only).")
+    wavelet_weight: float = option(0.1, "Weight of the wavelet-coefficient loss.")
+    disc_base_channels: int = option(64, "Width of the discriminator's first conv (64 as the original; smaller only "
                                  "for experiments, since original checkpoints then no longer fit).")
-    disc_num_layers: int = _f(4, "Strided stages of the 3D PatchGAN discriminator (4 as the original).")
-    lpips_backbone_path: str | None = _f(
+    disc_num_layers: int = option(4, "Strided stages of the 3D PatchGAN discriminator (4 as the original).")
+    lpips_backbone_path: str | None = option(
         None, "Local VGG16 weights for the LPIPS perceptual loss (default: the torch hub cache, downloaded there "
         "from torchvision's URL on first use unless offline).")
-    perceptual_random_backbone: bool = _f(
+    perceptual_random_backbone: bool = option(
         False, "Use a randomly initialised LPIPS backbone (tests and smoke runs only; the loss is meaningless).")
 
     # ---- validation -------------------------------------------------------------------------------
-    eval_steps: int = _f(1000, "Validate every this many steps (and after step 1, as the original).")
-    eval_video_path: str | None = _f(None, "Folder (or manifest) of validation videos (validation is skipped "
+    eval_steps: int = option(1000, "Validate every this many steps (and after step 1, as the original).")
+    eval_video_path: str | None = option(None, "Folder (or manifest) of validation videos (validation is skipped "
                                            "when unset).")
-    eval_num_frames: int = _f(17, "Frames per validation clip.")
-    eval_resolution: int = _f(256, "Validation clip side length (pixels, centre crop).")
-    eval_sample_rate: int = _f(1, "Frame stride for validation clips.")
-    eval_batch_size: int = _f(8, "Validation batch size per process.")
-    eval_subset_size: int = _f(100, "Validate on the first N videos (0 = all).")
-    eval_num_video_log: int = _f(2, "Number of side-by-side (input | reconstruction) videos to log.")
-    eval_lpips: bool = _f(False, "Also compute LPIPS (AlexNet) during validation.")
-    eval_lpips_backbone_path: str | None = _f(
+    eval_num_frames: int = option(17, "Frames per validation clip.")
+    eval_resolution: int = option(256, "Validation clip side length (pixels, centre crop).")
+    eval_sample_rate: int = option(1, "Frame stride for validation clips.")
+    eval_batch_size: int = option(8, "Validation batch size per process.")
+    eval_subset_size: int = option(100, "Validate on the first N videos (0 = all).")
+    eval_num_video_log: int = option(2, "Number of side-by-side (input | reconstruction) videos to log.")
+    eval_lpips: bool = option(False, "Also compute LPIPS (AlexNet) during validation.")
+    eval_lpips_backbone_path: str | None = option(
         None, "Local AlexNet weights for validation LPIPS (default: the torch hub cache, downloaded on first use).")
-    offline: bool = _f(
-        False, "Never download weights (LPIPS trunks); also set by WFVAE_OFFLINE=1 or HF_HUB_OFFLINE=1.")
 
     # ---- robustness -------------------------------------------------------------------------------
-    max_nan_skips: int = _f(10, "After this many consecutive non-finite updates, apply --nan_policy.")
-    nan_policy: Literal["reload", "stop"] = _f(
+    max_nan_skips: int = option(10, "After this many consecutive non-finite updates, apply --nan_policy.")
+    nan_policy: Literal["reload", "stop"] = option(
         "reload", "reload = restore the last good checkpoint's weights and optimizers and continue; stop = exit with an error.")
-    check_only: bool = _f(
+    check_only: bool = option(
         False, "Validate the arguments (paths, model config, frame/pixel arithmetic) and exit; train_ddp.sh "
         "runs this before starting any worker.")
 
@@ -321,64 +305,17 @@ def _check_video_folder(flag: str, path: str | None, required: bool) -> list[str
 
 
 # ---- command line ----------------------------------------------------------------------------------------
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "y"):
-        return True
-    if lowered in ("0", "false", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would print and sys.exit(2); we raise a typed error instead
-        raise ConfigError(f"{self.prog}: {message}")
+DESCRIPTION = "Train a WFVAE / CausalVAE with the LPIPS + 3D PatchGAN loss (single process or under torchrun)."
 
 
 def build_train_parser(prog: str = "wfvae train") -> argparse.ArgumentParser:
     """An argparse parser with one flag per :class:`TrainConfig` field."""
-    parser = _Parser(
-        prog=prog,
-        description="Train a WFVAE / CausalVAE with the LPIPS + 3D PatchGAN loss (single process or under torchrun).",
-        allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        tp = hints[f.name]
-        help_ = argparse.SUPPRESS if f.metadata.get("hidden") else f.metadata["help"]
-        flag = f"--{f.name}"
-        origin, args = typing.get_origin(tp), typing.get_args(tp)
-        if origin in (typing.Union, types.UnionType):  # Optional[X] / X | None
-            tp = next(a for a in args if a is not type(None))
-            origin, args = typing.get_origin(tp), typing.get_args(tp)
-        if tp is bool:
-            # `--ema` alone means true (as the original's store_true); `--ema false` is also accepted.
-            parser.add_argument(flag, nargs="?", const=True, default=f.default, type=_parse_bool, help=help_)
-        elif origin is Literal:
-            parser.add_argument(flag, choices=list(args), default=f.default, help=help_)
-        else:
-            parser.add_argument(flag, type=tp, default=f.default, help=help_)
-    return parser
+    return build_parser(TrainConfig, prog, DESCRIPTION)
 
 
 def parse_train_config(argv: list[str], prog: str = "wfvae train") -> TrainConfig:
     """Parse ``argv`` into a :class:`TrainConfig`. Unknown flags raise :class:`ConfigError` with a suggestion."""
-    parser = build_train_parser(prog)
-    ns, unknown = parser.parse_known_args(argv)
-    if unknown:
-        valid = [f"--{f.name}" for f in dataclasses.fields(TrainConfig)]
-        msgs = []
-        after_flag = False
-        for tok in unknown:
-            if not tok.startswith("-"):
-                if not after_flag:  # a value right after an unknown flag belongs to it
-                    msgs.append(f"unexpected value {tok!r}")
-                after_flag = False
-                continue
-            after_flag = "=" not in tok
-            name = tok.split("=", 1)[0]
-            close = difflib.get_close_matches(name, valid, n=1)
-            msgs.append(f"unknown argument {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
-        raise ConfigError(f"{prog}: " + "; ".join(msgs))
-    return TrainConfig(**vars(ns))
+    try:
+        return parse_config(TrainConfig, argv, prog, DESCRIPTION)
+    except ConfigError as e:
+        raise ConfigError(f"{prog}: {e}") from None

@@ -24,73 +24,52 @@ listed (``"mismatched"`` in the JSON report). Exit status: 0 if at least one vid
 
 from __future__ import annotations
 
-import argparse
 import collections
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from wfvae.data.datasets import reason_kind
 from wfvae.data.index import build_index, source_root
 from wfvae.data.manifest import is_manifest, write_manifest
-from wfvae.errors import ConfigError, InputError
+from wfvae.errors import InputError
+from wfvae.options import REQUIRED, FrameOptions, IndexCacheOptions, option, run_config, validate
 from wfvae.utils.io import write_json_option
+from wfvae.utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wfvae data-check", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--video_path",
-        required=True,
-        help="dataset folder (searched recursively) or manifest file (.csv, .jsonl, .parquet with a 'path' column)",
-    )
-    p.add_argument("--num_frames", type=int, required=True, help="frames per training clip")
-    p.add_argument("--sample_rate", type=int, default=1, help="frame interval inside a clip")
-    p.add_argument(
-        "--resolution",
-        type=int,
-        default=256,
-        help="short side after resizing (pixels); smaller videos are flagged as upscaled",
-    )
-    p.add_argument("--json", dest="json_path", default=None, help="write the full report here")
-    p.add_argument("--cache_dir", default=None, help="probe cache folder (default: user cache dir)")
-    p.add_argument(
-        "--short_video_policy",
-        choices=["skip", "pad"],
-        default="skip",
-        help="too-short videos: skip (default) or keep and pad",
-    )
-    p.add_argument("--include_images", action="store_true", help="also check jpg/png/webp as one-frame clips")
-    p.add_argument("--num_workers", type=int, default=None, help="probing threads (default: min(8, cpus))")
-    p.add_argument(
-        "--verify",
-        action="store_true",
-        help="probe manifest rows even when they give num_frames/fps/height/width, and list disagreements",
-    )
-    p.add_argument(
-        "--write_manifest",
-        default=None,
-        metavar="OUT.csv",
-        help="write the usable videos as a manifest (.csv, .jsonl or .parquet) that later runs can use",
-    )
-    return p
+@dataclass(kw_only=True)
+class DataCheckConfig(FrameOptions, IndexCacheOptions):
+    """Settings of ``wfvae data-check`` (the clip rules are training's)."""
+
+    video_path: str = option(REQUIRED, "Dataset folder (searched recursively) or manifest file (.csv, .jsonl, "
+                             ".parquet with a 'path' column).")
+    num_frames: int = option(REQUIRED, "Frames per training clip.")
+    json: str | None = option(None, "Write the full report here.")
+    short_video_policy: Literal["skip", "pad"] = option(
+        "skip", "Too-short videos: skip, or keep and pad (the last frame repeated).")
+    include_images: bool = option(False, "Also check jpg/png/webp as one-frame clips.")
+    num_workers: int | None = option(None, "Probing threads (default: min(8, cpus)).")
+    verify: bool = option(False, "Probe manifest rows even when they give num_frames/fps/height/width, and list "
+                          "disagreements.")
+    write_manifest: str | None = option(
+        None, "Write the usable videos as a manifest (.csv, .jsonl or .parquet) that later runs can use.",
+        metavar="OUT.csv")
+
+    def check(self) -> list[str]:
+        errors = [f"--{name} must be >= 1, got {getattr(self, name)}"
+                  for name in ("num_frames", "sample_rate", "resolution") if getattr(self, name) < 1]
+        if self.write_manifest and not is_manifest(self.write_manifest):
+            errors.append(f"--write_manifest {self.write_manifest!r} must end in .csv, .jsonl or .parquet")
+        return errors
 
 
-def check_folder(
-    video_path: str,
-    num_frames: int,
-    sample_rate: int = 1,
-    resolution: int = 256,
-    short_video_policy: str = "skip",
-    include_images: bool = False,
-    cache_dir: str | None = None,
-    num_workers: int | None = None,
-    show_progress: bool | None = None,
-    verify: bool = False,
-) -> dict:
+def check_folder(cfg: DataCheckConfig, show_progress: bool | None = None) -> dict:
     """Probe a folder (or a manifest's files) and sort them into usable videos and skipped files.
 
     Returns:
@@ -100,15 +79,16 @@ def check_folder(
         taken without probing.
         Rows trusted from a manifest have empty ``codec`` / ``pix_fmt`` and rotation 0.
     """
+    validate(cfg)
     entries, stats = build_index(
-        video_path,
-        include_images=include_images,
-        cache_dir=cache_dir,
-        num_workers=num_workers,
+        cfg.video_path,
+        include_images=cfg.include_images,
+        cache_dir=cfg.cache_dir,
+        num_workers=cfg.num_workers,
         show_progress=show_progress,
-        verify=verify,
+        verify=cfg.verify,
     )
-    need = num_frames * sample_rate
+    need = cfg.num_frames * cfg.sample_rate
     videos, skipped = [], []
     mismatched = [{"path": e.path, "reason": e.mismatch} for e in entries if e.mismatch is not None]
     for e in entries:
@@ -117,14 +97,14 @@ def check_folder(
             continue
         info = e.info
         short = not info.is_image and info.frames < need
-        if short and short_video_policy == "skip":
+        if short and cfg.short_video_policy == "skip":
             reason = f"too short: {info.frames} decodable frames < num_frames*sample_rate = {need}"
             if info.header_frames > info.frames:
                 reason += f" (header claims {info.header_frames}; truncated?)"
             reason += "; --short_video_policy pad keeps it"
             skipped.append({"path": e.path, "reason": reason})
             continue
-        row = {"path": e.path, **info.to_dict(), "padded": short, "upscaled": min(info.width, info.height) < resolution}
+        row = {"path": e.path, **info.to_dict(), "padded": short, "upscaled": min(info.width, info.height) < cfg.resolution}
         for key in ("start_pts", "pts_step", "constant_rate"):  # decoder internals, not for people
             row.pop(key)
         videos.append(row)
@@ -177,43 +157,30 @@ def _summary(report: dict, root: str, need: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.num_frames < 1 or args.sample_rate < 1 or args.resolution < 1:
-        raise ConfigError("--num_frames, --sample_rate and --resolution must be >= 1, got "
-                          f"{args.num_frames}, {args.sample_rate}, {args.resolution}")
-    if args.write_manifest and not is_manifest(args.write_manifest):
-        raise ConfigError(f"--write_manifest {args.write_manifest!r} must end in .csv, .jsonl or .parquet")
-    from wfvae.utils.logging import setup_logging
-
+def run_check(cfg: DataCheckConfig) -> int:
+    """``wfvae data-check`` on a parsed config: report, optional JSON and manifest, exit status."""
     setup_logging()
-    source = Path(args.video_path)
+    source = Path(cfg.video_path)
     if not source.is_dir() and not (is_manifest(source) and source.is_file()):
-        raise InputError(f"--video_path {args.video_path} is not a folder nor a manifest file (.csv, .jsonl, "
+        raise InputError(f"--video_path {cfg.video_path} is not a folder nor a manifest file (.csv, .jsonl, "
                          ".parquet); pass the dataset folder or its manifest")
-    report = check_folder(
-        args.video_path,
-        args.num_frames,
-        args.sample_rate,
-        args.resolution,
-        short_video_policy=args.short_video_policy,
-        include_images=args.include_images,
-        cache_dir=args.cache_dir,
-        num_workers=args.num_workers,
-        verify=args.verify,
-    )  # a ManifestError (an InputError) reaches the command's error boundary: one line, exit 2
-    if args.json_path:
-        write_json_option(args.json_path, report, "--json")
-    print(_summary(report, args.video_path, args.num_frames * args.sample_rate))
-    if args.json_path:
-        print(f"report written to {args.json_path}")
-    if args.write_manifest:
+    report = check_folder(cfg)  # a ManifestError (an InputError) reaches the command's error boundary: one line, exit 2
+    if cfg.json:
+        write_json_option(cfg.json, report, "--json")
+    print(_summary(report, cfg.video_path, cfg.num_frames * cfg.sample_rate))
+    if cfg.json:
+        print(f"report written to {cfg.json}")
+    if cfg.write_manifest:
         try:
-            write_manifest(args.write_manifest, manifest_rows(report, args.video_path, args.write_manifest))
+            write_manifest(cfg.write_manifest, manifest_rows(report, cfg.video_path, cfg.write_manifest))
         except OSError as e:
-            raise InputError(f"cannot write --write_manifest {args.write_manifest}: {e}") from None
-        print(f"manifest of {len(report['videos'])} usable videos written to {args.write_manifest}")
+            raise InputError(f"cannot write --write_manifest {cfg.write_manifest}: {e}") from None
+        print(f"manifest of {len(report['videos'])} usable videos written to {cfg.write_manifest}")
     if not report["videos"]:
-        print(f"wfvae data-check: no usable video under {args.video_path}", file=sys.stderr)
+        print(f"wfvae data-check: no usable video under {cfg.video_path}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_config(DataCheckConfig, run_check, argv, "wfvae data-check", __doc__.split("\n\n")[0])

@@ -19,14 +19,16 @@ Stages, each with the project's real code path:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from wfvae.options import option, run_config
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,18 @@ DEMO_MODEL_CONFIG = {
 }
 
 
+@dataclass(kw_only=True)
+class DemoConfig:
+    """Settings of ``wfvae demo``."""
+
+    out: str = option("demo_out", "Output folder.")
+    steps: int = option(120, "Training steps (~5 min on 2 idle CPU cores at the default).")
+    fast: bool = option(False, "Tiny everything: a smoke test that takes seconds.")
+    gan_from: int | None = option(None, "Start the discriminator / adversarial loss at this step (default: no GAN "
+                                  "phase).")
+    seed: int = option(0, "Seed of the dataset, the model's initialisation and training.")
+
+
 def _stage(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
@@ -83,25 +97,24 @@ def _optional_metrics(device: str) -> tuple[list[str], list[str]]:
     return extra, notes
 
 
-def run_demo(
-    out: str | Path = "demo_out", steps: int = 120, fast: bool = False, seed: int = 0, gan_from: int | None = None
-) -> dict:
+def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage; returns a summary (paths and metric values before/after training).
 
-    ``gan_from``: step at which the discriminator and adversarial loss start (default: never,
+    ``cfg.gan_from``: step at which the discriminator and adversarial loss start (default: never,
     except in ``fast`` mode, which starts it at step 3 to exercise the whole loop).
     """
+    fast, seed, gan_from = cfg.fast, cfg.seed, cfg.gan_from
     from wfvae.demo.dataset import make_demo_dataset
-    from wfvae.evaluation.evaluate import evaluate_folders
+    from wfvae.evaluation.evaluate import EvalConfig, evaluate_folders
     from wfvae.inference.reconstruct import main as reconstruct_main
     from wfvae.models import build_model
-    from wfvae.report.html import build_report
+    from wfvae.report.html import ReportConfig, build_report
     from wfvae.training.trainer import main as train_main
 
-    out = Path(out).absolute()
+    out = Path(cfg.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     num_frames, size = (9, 32) if fast else (9, 64)
-    steps = 4 if fast else steps
+    steps = 4 if fast else cfg.steps
     disc_start = 3 if fast else (gan_from if gan_from is not None else steps + 1)
     started = time.time()
 
@@ -157,14 +170,16 @@ def run_demo(
     metrics = ["psnr", "ssim", *extra]
     results = {}
     for name, folder in recon_dirs.items():
-        res = evaluate_folders(folder / "origin", folder, metrics, num_frames=num_frames, resolution=size, device="cpu")
+        res = evaluate_folders(EvalConfig(real_video_dir=str(folder / "origin"), generated_video_dir=str(folder),
+                                          metric=metrics, num_frames=num_frames, resolution=size, device="cpu",
+                                          num_workers=0))
         (folder / "evaluate.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
         results[name] = res["dataset"]
     for note in notes:
         print(note)
 
     _stage("5/5 writing the report")
-    report = build_report(out, title="wfvae demo")
+    report = build_report(ReportConfig(run_dir=str(out), title="wfvae demo"))
 
     summary = {"out": str(out), "report": str(report), "trained_model": str(trained), "metrics": results,
                "minutes": round((time.time() - started) / 60, 2), "notes": notes}
@@ -180,20 +195,16 @@ def run_demo(
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def _run(cfg: DemoConfig) -> int:
     from wfvae.utils.logging import setup_logging
 
-    p = argparse.ArgumentParser(prog="wfvae demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo_out", help="output folder (default ./demo_out)")
-    p.add_argument("--steps", type=int, default=120, help="training steps (default 120, ~5 min on 2 idle CPU cores)")
-    p.add_argument("--fast", action="store_true", help="tiny everything: a smoke test that takes seconds")
-    p.add_argument("--gan_from", type=int, default=None,
-                   help="start the discriminator / adversarial loss at this step (default: no GAN phase)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
     setup_logging()
-    run_demo(args.out, steps=args.steps, fast=args.fast, seed=args.seed, gan_from=args.gan_from)
+    run_demo(cfg)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_config(DemoConfig, _run, argv, "wfvae demo", __doc__)
 
 
 if __name__ == "__main__":

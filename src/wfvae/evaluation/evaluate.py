@@ -10,8 +10,9 @@ How to run::
     wfvae evaluate ... --metric fvd --fvd_variant styleganv --fvd_weights /weights/i3d_torchscript.pt
 
     # from Python
-    from wfvae.evaluation.evaluate import evaluate_folders
-    result = evaluate_folders("real/", "recon/", ["psnr", "ssim"], num_frames=33)
+    from wfvae.evaluation.evaluate import EvalConfig, evaluate_folders
+    result = evaluate_folders(EvalConfig(real_video_dir="real/", generated_video_dir="recon/",
+                                         metric=["psnr", "ssim"]))
     result["dataset"]["psnr"]
 
 Pairing: videos are matched by relative path without extension (``a/b.mp4`` <-> ``a/b.mkv``), found
@@ -35,23 +36,38 @@ videos.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
 
 from wfvae.data.manifest import is_manifest, output_key, read_manifest
 from wfvae.data.transforms import RESIZE_MODES
-from wfvae.errors import ConfigError, InputError, UserError
+from wfvae.errors import InputError, UserError
 from wfvae.evaluation import metrics as M
 from wfvae.layout import ORIGIN_DIR
+from wfvae.options import (
+    REQUIRED,
+    ClipOptions,
+    DecodeWorkerOptions,
+    LpipsOptions,
+    OfflineOptions,
+    ResizeOptions,
+    option,
+    run_config,
+    settings,
+    validate,
+)
+from wfvae.utils.device import resolve_device
+from wfvae.utils.io import write_json_option
+from wfvae.utils.logging import setup_logging
 from wfvae.utils.output_folder import collision_free_stems
 
 logger = logging.getLogger(__name__)
@@ -60,65 +76,56 @@ logger = logging.getLogger(__name__)
 METRICS = ("psnr", "ssim", "lpips", "fvd")
 
 
-@dataclass
-class EvalConfig:
-    """Settings of one evaluation run (flat names match the CLI options)."""
+@dataclass(kw_only=True)
+class EvalConfig(ClipOptions, ResizeOptions, DecodeWorkerOptions, LpipsOptions, OfflineOptions):
+    """Settings of one evaluation run (``wfvae evaluate``; the original eval.sh flags keep their names).
 
-    real_video_dir: str = ""
-    """Folder of ground-truth videos (searched recursively), or a manifest file."""
-    generated_video_dir: str = ""
-    """Folder of reconstructions (searched recursively, ``origin/`` skipped), or a manifest file."""
-    metric: list[str] = field(default_factory=lambda: ["lpips"])
-    """Any of psnr, ssim, lpips, fvd."""
-    num_frames: int | None = 33
-    """Frames per video to compare; ``None`` or 0 means all (both sides must then match)."""
-    sample_rate: int = 1
-    """Frame step on the real side (the generated side is always read with step 1)."""
-    resolution: int | None = 256
-    """Short side after resizing, then centre crop to a square; ``None`` or 0 keeps frames as they are."""
-    subset_size: int = 0
-    """Evaluate only the first N pairs in sorted path order; 0 means all."""
-    device: str = "cpu"
-    """Torch device for LPIPS and I3D."""
-    batch_size: int = 4
-    """Videos per I3D forward pass (memory only; does not change results)."""
-    num_workers: int = 2
-    """Video-decoding worker processes (0 decodes in the main process)."""
-    lpips_net: str = "alex"
-    """LPIPS trunk: alex (usual for evaluation) or vgg."""
-    lpips_backbone_path: str | None = None
-    """torchvision ImageNet checkpoint of the LPIPS trunk (else $WFVAE_LPIPS_BACKBONE / torch hub cache)."""
-    fvd_variant: str = "styleganv"
-    """I3D detector: styleganv (TorchScript i3d_torchscript.pt) or videogpt (i3d_pretrained_400.pt)."""
-    fvd_weights: str | None = None
-    """Path of the I3D detector file (else $WFVAE_I3D_PATH, else downloaded once into the user cache)."""
-    offline: bool = False
-    """Never download weights (LPIPS trunk, I3D); also set by WFVAE_OFFLINE=1 or HF_HUB_OFFLINE=1."""
-    resize: str = "original"
-    """original: torchvision-style antialiased resize of full frames, as the original's clips; fast: in the decoder."""
+    ``num_frames`` 0 compares all frames (both sides must then match); ``resolution`` 0 keeps frames as they
+    are; ``crop_size`` is accepted for the original eval.sh and must equal ``resolution`` (frames are resized
+    and centre-cropped to a square)."""
 
-    def validate(self) -> None:
-        from wfvae.errors import ConfigError
+    real_video_dir: str = option(REQUIRED, "Ground-truth videos: a folder (searched recursively) or a manifest "
+                                 "(.csv/.jsonl/.parquet).")
+    generated_video_dir: str = option(REQUIRED, f"Reconstructions: a folder (searched recursively, {ORIGIN_DIR}/ "
+                                      "skipped) or a manifest.")
+    metric: list[str] = option(["lpips"], f"Comma list of {', '.join(METRICS)}.")
+    subset_size: int = option(0, "Evaluate only the first N pairs in sorted path order; 0 = all.")
+    device: str | None = option(None, "Torch device for the metrics, LPIPS and I3D: auto, cpu, cuda or cuda:N "
+                                "(default: cuda if available, else cpu).")
+    batch_size: int = option(4, "Videos per I3D forward pass (memory only; does not change results).")
+    fvd_variant: Literal["styleganv", "videogpt"] = option(
+        "styleganv", "I3D detector: styleganv (TorchScript i3d_torchscript.pt) or videogpt (i3d_pretrained_400.pt).",
+        aliases=("--fvd_method",))
+    fvd_weights: str | None = option(None, "I3D detector file (else $WFVAE_I3D_PATH, else downloaded once into the "
+                                     "user cache).")
+    json: str | None = option(None, "Write per-video and dataset values here.")
 
-        unknown = [m for m in self.metric if m not in METRICS]
-        if unknown or not self.metric:
-            raise ConfigError(f"--metric {','.join(self.metric) or '(empty)'}: choose from {', '.join(METRICS)}")
-        if self.sample_rate < 1:
-            raise ConfigError(f"--sample_rate must be >= 1, got {self.sample_rate}")
+    def check(self) -> list[str]:
+        errors = []
+        if not self.metric or any(m not in METRICS for m in self.metric):
+            errors.append(f"--metric {','.join(self.metric) or '(empty)'}: choose from {', '.join(METRICS)}")
+        errors += [f"--{name} must be >= 1, got {getattr(self, name)}" for name in ("sample_rate", "batch_size")
+                   if getattr(self, name) < 1]
         if self.num_frames is not None and self.num_frames < 0:
-            raise ConfigError(f"--num_frames must be >= 0 (0 = all frames), got {self.num_frames}")
+            errors.append(f"--num_frames must be >= 0 (0 = all frames), got {self.num_frames}")
         if self.resolution is not None and self.resolution < 0:
-            raise ConfigError(f"--resolution must be >= 0 (0 = keep size), got {self.resolution}")
+            errors.append(f"--resolution must be >= 0 (0 = keep size), got {self.resolution}")
+        if self.crop_size is not None and self.crop_size != self.resolution:
+            errors.append(f"--crop_size {self.crop_size} must equal --resolution {self.resolution} (frames are "
+                          "resized and centre-cropped to a square); drop --crop_size")
         if self.subset_size < 0:
-            raise ConfigError(f"--subset_size must be >= 0 (0 = all), got {self.subset_size}")
+            errors.append(f"--subset_size must be >= 0 (0 = all), got {self.subset_size}")
         if self.lpips_net not in ("alex", "vgg"):
-            raise ConfigError(f"--lpips_net must be alex or vgg, got {self.lpips_net}")
+            errors.append(f"--lpips_net must be alex or vgg, got {self.lpips_net}")
         if self.resize not in RESIZE_MODES:
-            raise ConfigError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize}")
+            errors.append(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize}")
         if self.fvd_variant not in ("styleganv", "videogpt"):
-            raise ConfigError(f"--fvd_variant must be styleganv or videogpt, got {self.fvd_variant}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch_size must be >= 1, got {self.batch_size}")
+            errors.append(f"--fvd_variant must be styleganv or videogpt, got {self.fvd_variant}")
+        return errors
+
+
+#: Settings of the command line only; the result's "config" leaves them out.
+_CLI_ONLY = ("crop_size", "json")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,36 +299,19 @@ class _PairDataset(torch.utils.data.Dataset):
 
 
 def evaluate_folders(
-    real_dir: str | os.PathLike,
-    gen_dir: str | os.PathLike,
-    metrics: Sequence[str] | str = ("psnr", "ssim", "lpips"),
+    cfg: EvalConfig,
     *,
-    num_frames: int | None = 33,
-    sample_rate: int = 1,
-    resolution: int | None = 256,
-    subset_size: int = 0,
-    device: str | torch.device = "cpu",
-    batch_size: int = 4,
-    num_workers: int = 0,
-    lpips_net: str = "alex",
-    lpips_backbone_path: str | None = None,
     lpips_model: torch.nn.Module | None = None,
-    fvd_variant: str = "styleganv",
-    fvd_weights: str | None = None,
     fvd_extractor: Any | None = None,
-    offline: bool = False,
     progress: bool = False,
-    resize: str = "original",
 ) -> dict[str, Any]:
     """Compare every generated video with its real counterpart.
 
     Args:
-        real_dir, gen_dir: folders; see the module docstring for pairing and frame selection.
-        metrics: names from :data:`METRICS`, as a list or a comma-separated string.
-        num_frames, sample_rate, resolution, subset_size, device, batch_size, num_workers,
-        lpips_net, lpips_backbone_path, fvd_variant, fvd_weights, offline, resize: see :class:`EvalConfig`.
+        cfg: folders, metrics, frames and networks; see :class:`EvalConfig` and the module docstring
+            for pairing and frame selection.
         lpips_model: an already loaded LPIPS module (reused by training); overrides
-            ``lpips_net`` / ``lpips_backbone_path``.
+            ``cfg.lpips_net`` / ``cfg.lpips_backbone_path``.
         fvd_extractor: an already loaded :class:`wfvae.evaluation.fvd.I3DFeatureExtractor`.
         progress: show a tqdm bar.
 
@@ -332,32 +322,17 @@ def evaluate_folders(
         ``dataset``.
 
     Raises:
+        ConfigError: a setting out of range (all are listed).
         ValueError: unpaired videos, mismatched shapes, too few videos for FVD.
         MissingWeightsError: LPIPS trunk or I3D detector not on disk and not downloadable.
         VideoDecodeError: a video cannot be decoded or is too short.
     """
-    if isinstance(metrics, str):
-        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
-    cfg = EvalConfig(
-        real_video_dir=str(real_dir),
-        generated_video_dir=str(gen_dir),
-        metric=list(dict.fromkeys(metrics)),
-        num_frames=num_frames or None,
-        sample_rate=sample_rate,
-        resolution=resolution or None,
-        subset_size=subset_size,
-        device=str(device),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        lpips_net=lpips_net,
-        lpips_backbone_path=lpips_backbone_path,
-        fvd_variant=fvd_variant,
-        fvd_weights=fvd_weights,
-        offline=offline,
-        resize=resize,
-    )
-    cfg.validate()
+    validate(cfg)
+    device = resolve_device(cfg.device or "auto")
+    cfg = dataclasses.replace(cfg, metric=list(dict.fromkeys(cfg.metric)), num_frames=cfg.num_frames or None,
+                              resolution=cfg.resolution or None, device=str(device))
     wanted = [m for m in METRICS if m in cfg.metric]
+    real_dir, gen_dir = cfg.real_video_dir, cfg.generated_video_dir
 
     pairs = pair_videos(real_dir, gen_dir)
     if cfg.subset_size:
@@ -387,7 +362,6 @@ def evaluate_folders(
 
             extractor = load_i3d(cfg.fvd_variant, cfg.fvd_weights, device=cfg.device, offline=cfg.offline or None)
 
-    device = torch.device(cfg.device)
     loader = torch.utils.data.DataLoader(
         _PairDataset(pairs, cfg),
         batch_size=None,  # one pair per item: sizes may differ when resolution is 0
@@ -476,46 +450,13 @@ def evaluate_folders(
         "psnr_cap_db": M.PSNR_CAP_DB,
         "psnr_capped_videos": int(capped),
         "notes": notes,
-        "config": asdict(cfg),
+        "config": {k: v for k, v in settings(cfg).items() if k not in _CLI_ONLY},
     }
 
 
 # ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="wfvae evaluate",
-        description="PSNR / SSIM / LPIPS / FVD between a folder of real videos and a folder of reconstructions.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        allow_abbrev=False,
-    )
-    d = EvalConfig()
-    p.add_argument("--real_video_dir", required=True, help="ground-truth videos (folder, recursive; or a manifest .csv/.jsonl/.parquet)")
-    p.add_argument("--generated_video_dir", required=True, help="reconstructions (folder, recursive, origin/ skipped; or a manifest)")
-    p.add_argument("--metric", default="lpips", help=f"comma list of {', '.join(METRICS)}")
-    p.add_argument("--num_frames", type=int, default=d.num_frames, help="frames per video; 0 = all")
-    p.add_argument("--sample_rate", type=int, default=d.sample_rate, help="frame step on the real side")
-    p.add_argument("--resolution", type=int, default=d.resolution, help="short side + square centre crop; 0 = keep")
-    p.add_argument("--crop_size", type=int, default=None, help="accepted for the original eval.sh; must equal --resolution")
-    p.add_argument("--subset_size", type=int, default=d.subset_size, help="first N pairs only; 0 = all")
-    p.add_argument("--device", default=None, help="torch device; default cuda if available else cpu")
-    p.add_argument("--batch_size", type=int, default=d.batch_size, help="videos per I3D forward")
-    p.add_argument("--num_workers", type=int, default=d.num_workers, help="decoding processes")
-    p.add_argument("--lpips_net", choices=("alex", "vgg"), default=d.lpips_net)
-    p.add_argument("--lpips_backbone_path", default=None, help="torchvision ImageNet weights of the LPIPS trunk")
-    p.add_argument("--fvd_variant", choices=("styleganv", "videogpt"), default=d.fvd_variant)
-    p.add_argument("--fvd_method", dest="fvd_variant", choices=("styleganv", "videogpt"), help="alias of --fvd_variant (original name)")
-    p.add_argument("--fvd_weights", default=None, help="I3D detector file (else $WFVAE_I3D_PATH, else downloaded once)")
-    p.add_argument("--offline", action="store_true",
-                   help="never download weights (also WFVAE_OFFLINE=1 / HF_HUB_OFFLINE=1)")
-    p.add_argument("--json", dest="json_path", default=None, help="write per-video and dataset values here")
-    p.add_argument("--resize", choices=RESIZE_MODES, default=d.resize,
-                   help="original: the original WF-VAE's resize (torchvision, antialiased) of full frames; "
-                   "fast: resize inside the decoder (a different filter)")
-    return p
 
 
 def format_results(result: dict[str, Any]) -> str:
@@ -538,41 +479,20 @@ def format_results(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_evaluate(cfg: EvalConfig) -> int:
+    """``wfvae evaluate`` on a parsed config: the table on stdout, the full result to ``--json``."""
+    setup_logging()
+    result = evaluate_folders(cfg, progress=True)
+    print(format_results(result))
+    if cfg.json:
+        logger.info("wrote %s", write_json_option(cfg.json, result, "--json"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``wfvae evaluate``; user mistakes raise :class:`wfvae.errors.UserError` (exit 2 at the boundary)."""
-    from wfvae.utils.device import resolve_device
-    from wfvae.utils.io import write_json_option
-    from wfvae.utils.logging import setup_logging
-
-    args = _build_parser().parse_args(argv)
-    setup_logging()
-    if args.crop_size is not None and args.crop_size != args.resolution:
-        raise ConfigError(f"--crop_size {args.crop_size} must equal --resolution {args.resolution} "
-                          "(frames are resized and centre-cropped to a square); drop --crop_size")
-    device = resolve_device(args.device or "auto")
-    result = evaluate_folders(
-        args.real_video_dir,
-        args.generated_video_dir,
-        args.metric,
-        num_frames=args.num_frames,
-        sample_rate=args.sample_rate,
-        resolution=args.resolution,
-        subset_size=args.subset_size,
-        device=device,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        lpips_net=args.lpips_net,
-        lpips_backbone_path=args.lpips_backbone_path,
-        fvd_variant=args.fvd_variant,
-        fvd_weights=args.fvd_weights,
-        offline=args.offline,
-        progress=True,
-        resize=args.resize,
-    )
-    print(format_results(result))
-    if args.json_path:
-        logger.info("wrote %s", write_json_option(args.json_path, result, "--json"))
-    return 0
+    return run_config(EvalConfig, run_evaluate, argv, "wfvae evaluate",
+                      "PSNR / SSIM / LPIPS / FVD between a folder of real videos and a folder of reconstructions.")
 
 
 if __name__ == "__main__":

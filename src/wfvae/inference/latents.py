@@ -26,23 +26,21 @@ config's values; the records say whether it was applied so ``decode`` can undo i
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from wfvae.data.manifest import is_manifest, output_key
 from wfvae.errors import InputError, OutputError, UnsafePathError
-from wfvae.inference.reconstruct import (
-    FORMATS,
+from wfvae.formats import OUTPUT_FORMATS
+from wfvae.inference.common import (
     DecodedItems,
-    add_conv_argument,
-    add_offline_argument,
     check_num_frames,
     config_hash,
     load_for_inference,
@@ -50,7 +48,21 @@ from wfvae.inference.reconstruct import (
     to_uint8_frames,
     write_output,
 )
+from wfvae.options import (
+    REQUIRED,
+    ClipOptions,
+    DecodeWorkerOptions,
+    EncodeChunkOptions,
+    IndexCacheOptions,
+    ModelOptions,
+    OverwriteOptions,
+    VideoFormatOptions,
+    option,
+    run_config,
+    validate,
+)
 from wfvae.utils.io import write_json_option
+from wfvae.utils.logging import setup_logging
 from wfvae.utils.output_folder import OutputFolder, check_not_nested, collision_free_stems
 from wfvae.utils.paths import check_relative, safe_join
 from wfvae.utils.writer import BackgroundWriter
@@ -75,6 +87,41 @@ class LatentRecord:
     model_config_hash: str
     scale_shift_applied: bool
     has_sample: bool
+
+
+@dataclass(kw_only=True)
+class EncodeConfig(ModelOptions, ClipOptions, EncodeChunkOptions, OverwriteOptions, DecodeWorkerOptions,
+                   IndexCacheOptions):
+    """Settings of ``wfvae encode``."""
+
+    video_path: str = option(REQUIRED, "Video folder (searched recursively) or manifest (.csv/.jsonl/.parquet).")
+    out: str = option(REQUIRED, "Latents folder (created; resumable).")
+    sample: bool = option(False, "Also store one posterior sample per video.")
+    apply_scale_shift: bool = option(False, "Store (z - shift) * scale using the config's values.")
+    shard_size: int = option(64, "Videos per safetensors shard.")
+    seed: int = option(0, "Seed of the posterior samples (--sample); rank r uses seed + r.")
+
+    def check(self) -> list[str]:
+        return [f"--shard_size must be >= 1, got {self.shard_size}"] if self.shard_size < 1 else []
+
+
+@dataclass(kw_only=True)
+class DecodeConfig(ModelOptions, VideoFormatOptions, OverwriteOptions):
+    """Settings of ``wfvae decode``."""
+
+    latents: str = option(REQUIRED, "Folder written by `wfvae encode`.")
+    out: str = option(REQUIRED, "Video folder (created; resumable).")
+    fps: float | None = option(None, "Frame rate of the videos (default: the source's).")
+    chunk_size: int | None = option(None, "Decode this many latent frames at a time (exact).")
+
+
+@dataclass(kw_only=True)
+class LatentStatsConfig:
+    """Settings of ``wfvae latent-stats``."""
+
+    latents: str = option(REQUIRED, "Folder written by `wfvae encode`.")
+    which: Literal["mean", "sample"] = option("mean", "Statistics of the stored posterior means or samples.")
+    json: str | None = option(None, "Write the statistics here.")
 
 
 def _read_records(path: Path) -> list[dict]:
@@ -134,13 +181,7 @@ def _prepare_on_rank0(folder: OutputFolder, overwrite: bool, env) -> None:
 
 
 # ------------------------------------------------------------------------------ encode
-def encode_folder(
-    video_path: str, ckpt: str, out: str, num_frames: int = 33, sample_rate: int = 1, resolution: int = 256,
-    crop_size: int | None = None, sample: bool = False, apply_scale_shift: bool = False, shard_size: int = 64,
-    chunk_size: int | None = None, device: str = "auto", config: str | None = None, cache_dir: str | None = None,
-    seed: int = 0, conv: str = "auto", model_name: str | None = None, overwrite: bool = False,
-    num_workers: int = 2, offline: bool = False,
-) -> dict:
+def encode_folder(cfg: EncodeConfig) -> dict:
     """Encode every usable video below ``video_path`` into ``out``. Returns a summary dict.
 
     Videos are decoded by ``num_workers`` DataLoader processes (page-locked on CUDA) and shards
@@ -151,7 +192,10 @@ def encode_folder(
     from wfvae.data.datasets import VideoFolderDataset
     from wfvae.distributed import all_gather_object, barrier, cleanup, init_distributed
 
-    src, out_dir = Path(video_path), Path(out)
+    video_path, ckpt, num_frames, sample_rate, resolution = (cfg.video_path, cfg.ckpt, cfg.num_frames,
+                                                              cfg.sample_rate, cfg.resolution)
+    sample, apply_scale_shift, seed, overwrite = cfg.sample, cfg.apply_scale_shift, cfg.seed, cfg.overwrite
+    src, out_dir = Path(video_path), Path(cfg.out)
     if is_manifest(src) and not src.is_dir():
         if not src.is_file():
             raise InputError(f"--video_path {video_path}: manifest file not found")
@@ -161,22 +205,21 @@ def encode_folder(
                          "pass the folder of videos to encode or its manifest")
     else:
         check_not_nested(src, out_dir, "--video_path", "--out")
-    if shard_size < 1:
-        raise InputError(f"--shard_size must be >= 1, got {shard_size}")
-    env = init_distributed(device)
+    validate(cfg)
+    env = init_distributed(cfg.device)
     try:
-        model = load_for_inference(ckpt, conv, config=config, model_name=model_name, device=env.device,
-                                   offline=offline or None)
+        model = load_for_inference(ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=env.device,
+                                   offline=cfg.offline or None)
         check_num_frames(model, num_frames)
         try:
             dataset = VideoFolderDataset(video_path, num_frames, sample_rate, resolution, train=False,
-                                         crop_size=crop_size, cache_dir=cache_dir, show_progress=env.is_main,
+                                         crop_size=cfg.crop_size, cache_dir=cfg.cache_dir, show_progress=env.is_main,
                                          across_ranks=env.distributed)
         except ValueError as e:  # no usable video: the message lists the reasons
             raise InputError(f"--video_path {video_path}: {e}") from e
         folder = OutputFolder(out_dir, "encode", {
             "ckpt": model_identity(ckpt, model), "video_path": os.path.realpath(src), "num_frames": num_frames,
-            "sample_rate": sample_rate, "resolution": resolution, "crop_size": crop_size, "sample": sample,
+            "sample_rate": sample_rate, "resolution": resolution, "crop_size": cfg.crop_size, "sample": sample,
             "apply_scale_shift": apply_scale_shift, "seed": seed,
         }, rank=env.rank, output_option="--out")
         _prepare_on_rank0(folder, overwrite, env)
@@ -211,7 +254,7 @@ def encode_folder(
 
         failed = []
         loader = torch.utils.data.DataLoader(DecodedItems(dataset, todo), batch_size=None,
-                                             num_workers=num_workers if len(todo) > 1 else 0,
+                                             num_workers=cfg.num_workers if len(todo) > 1 else 0,
                                              pin_memory=env.device.type == "cuda")
         with BackgroundWriter(max_pending=2) as writer:
 
@@ -234,7 +277,7 @@ def encode_folder(
                     continue
                 video = item["video"].unsqueeze(0).to(env.device, non_blocking=True)
                 with torch.inference_mode():
-                    posterior = model.encode(video, chunk_size=chunk_size)
+                    posterior = model.encode(video, chunk_size=cfg.chunk_size)
                     tensors = {"mean": posterior.mean}
                     if sample:
                         tensors["sample"] = posterior.sample(generator)
@@ -252,7 +295,7 @@ def encode_folder(
                     sample_rate=sample_rate, resolution=resolution, latent_shape=list(tensors["mean"].shape[1:]),
                     model_config_hash=chash, scale_shift_applied=apply_scale_shift, has_sample=sample,
                 ))
-                if len(pending_records) >= shard_size:
+                if len(pending_records) >= cfg.shard_size:
                     flush()
             flush()
         counts = all_gather_object(len(todo) - len(failed), env)
@@ -287,10 +330,7 @@ def load_latents(latents_dir: str | Path, which: str = "mean", records: list[dic
 
 
 # ------------------------------------------------------------------------------ decode
-def decode_folder(latents: str, ckpt: str, out: str, fmt: str = "mp4", fps: float | None = None,
-                  chunk_size: int | None = None, device: str = "auto", config: str | None = None,
-                  conv: str = "auto", model_name: str | None = None, overwrite: bool = False,
-                  offline: bool = False) -> dict:
+def decode_folder(cfg: DecodeConfig) -> dict:
     """Decode every latent of a latents folder into ``out/<source path>``; returns a summary dict.
 
     Output names come from the index's ``source`` fields, which are data, not trusted: every record
@@ -300,15 +340,17 @@ def decode_folder(latents: str, ckpt: str, out: str, fmt: str = "mp4", fps: floa
     """
     from wfvae.utils.device import resolve_device
 
-    latents_dir, out_dir = Path(latents), Path(out)
+    latents, ckpt, fmt, fps, overwrite = cfg.latents, cfg.ckpt, cfg.format, cfg.fps, cfg.overwrite
+    latents_dir, out_dir = Path(latents), Path(cfg.out)
     if not latents_dir.is_dir():
         raise InputError(f"--latents {latents} is not a folder; pass a folder written by `wfvae encode`")
     records = read_index(latents_dir)
     if not records:
         raise InputError(f"--latents {latents}: no latents found (expected index.json written by `wfvae encode`)")
     targets = _decode_targets(records, latents_dir, out_dir, fmt)
-    dev = resolve_device(device)
-    model = load_for_inference(ckpt, conv, config=config, model_name=model_name, device=dev, offline=offline or None)
+    dev = resolve_device(cfg.device)
+    model = load_for_inference(ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=dev,
+                               offline=cfg.offline or None)
     folder = OutputFolder(out_dir, "decode", {
         "ckpt": model_identity(ckpt, model), "latents": os.path.realpath(latents_dir), "format": fmt, "fps": fps,
     }, output_option="--out")
@@ -329,7 +371,7 @@ def decode_folder(latents: str, ckpt: str, out: str, fmt: str = "mp4", fps: floa
                 scale, shift = model.latent_scale_shift(z)
                 z = z / scale + shift
             with torch.inference_mode():
-                video = model.decode(z, chunk_size=chunk_size).float().clamp(-1, 1)
+                video = model.decode(z, chunk_size=cfg.chunk_size).float().clamp(-1, 1)
             writer.submit(write_output, folder, targets[record["key"]], to_uint8_frames(video[0]), fmt,
                           fps or record["fps"] or 24.0, False)
             count += 1
@@ -353,7 +395,7 @@ def _decode_targets(records: list[dict], latents_dir: Path, out_dir: Path, fmt: 
     if not problems:
         stems = collision_free_stems(sources.values())
         for key, source in sources.items():
-            rel = f"{stems[source]}{FORMATS[fmt]}"
+            rel = f"{stems[source]}{OUTPUT_FORMATS[fmt]}"
             try:
                 safe_join(out_dir, rel, "source")
                 targets[key] = rel
@@ -368,7 +410,7 @@ def _decode_targets(records: list[dict], latents_dir: Path, out_dir: Path, fmt: 
 
 
 # ------------------------------------------------------------------------------ statistics
-def latent_stats(latents: str, which: str = "mean") -> dict:
+def latent_stats(cfg: LatentStatsConfig) -> dict:
     """Per-channel mean/std over every latent element of a folder, and the matching scale/shift.
 
     Accumulates per-channel (count, mean, M2) in float64 and merges videos with Chan's parallel
@@ -376,6 +418,7 @@ def latent_stats(latents: str, which: str = "mean") -> dict:
     and ``shift = mean`` are what a diffusion model uses as ``(z - shift) * scale`` to get unit
     variance, zero mean latents (the config's ``scale`` / ``shift`` fields).
     """
+    latents, which = cfg.latents, cfg.which
     if not Path(latents).is_dir():
         raise InputError(f"--latents {latents} is not a folder; pass a folder written by `wfvae encode`")
     n, mean, m2, videos, applied = 0, None, None, 0, set()
@@ -403,43 +446,9 @@ def latent_stats(latents: str, which: str = "mean") -> dict:
 
 
 # ------------------------------------------------------------------------------ CLI
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", required=True, help="model dir or weights file (see wfvae.load_model)")
-    p.add_argument("--config", default=None, help="model config.json when --ckpt is a bare weights file")
-    p.add_argument("--model_name", choices=["WFVAE", "CausalVAE"], default=None,
-                   help="model class when the config has no _class_name")
-    add_conv_argument(p)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: CUDA when visible, else CPU")
-    p.add_argument("--overwrite", action="store_true",
-                   help="redo all outputs, replacing results of earlier runs (of any settings)")
-
-
-def _encode_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wfvae encode", description="Encode a video folder into latent shards.")
-    p.add_argument("--video_path", required=True, help="video folder (recursive) or manifest (.csv/.jsonl/.parquet)")
-    p.add_argument("--out", required=True, help="latents folder (created; resumable)")
-    _add_model_arguments(p)
-    p.add_argument("--num_frames", type=int, default=33)
-    p.add_argument("--sample_rate", type=int, default=1)
-    p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--crop_size", type=int, default=None)
-    p.add_argument("--sample", action="store_true", help="also store one posterior sample per video")
-    p.add_argument("--apply_scale_shift", action="store_true", help="store (z - shift) * scale using the config's values")
-    p.add_argument("--shard_size", type=int, default=64, help="videos per safetensors shard")
-    p.add_argument("--chunk_size", type=int, default=None, help="encode this many frames at a time (exact)")
-    p.add_argument("--num_workers", type=int, default=2, help="video-decoding worker processes (0: main process)")
-    p.add_argument("--cache_dir", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    add_offline_argument(p)
-    return p
-
-
-def encode_main(argv: list[str] | None = None) -> int:
-    from wfvae.utils.logging import setup_logging
-
+def run_encode(cfg: EncodeConfig) -> int:
     setup_logging()
-    summary = encode_folder(**vars(_encode_parser().parse_args(argv)))
+    summary = encode_folder(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"encoded {summary['encoded']} videos ({summary['already_done']} already done) -> {summary['out']}")
         for path, reason in summary["skipped_inputs"]:
@@ -447,48 +456,36 @@ def encode_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _decode_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wfvae decode", description="Decode a latents folder back into videos.")
-    p.add_argument("--latents", required=True, help="folder written by `wfvae encode`")
-    p.add_argument("--out", required=True, help="video folder (created; resumable)")
-    _add_model_arguments(p)
-    p.add_argument("--format", dest="fmt", choices=["mp4", "mkv", "png"], default="mp4")
-    p.add_argument("--fps", type=float, default=None, help="frame rate of the videos (default: the source's)")
-    p.add_argument("--chunk_size", type=int, default=None, help="decode this many latent frames at a time (exact)")
-    add_offline_argument(p)
-    return p
-
-
-def decode_main(argv: list[str] | None = None) -> int:
-    from wfvae.utils.logging import setup_logging
-
+def run_decode(cfg: DecodeConfig) -> int:
     setup_logging()
-    summary = decode_folder(**vars(_decode_parser().parse_args(argv)))
+    summary = decode_folder(cfg)
     print(f"decoded {summary['decoded']} videos ({summary['already_done']} already done) -> {summary['out']}")
     return 0
 
 
-def stats_main(argv: list[str] | None = None) -> int:
-    from wfvae.utils.logging import setup_logging
-
+def run_stats(cfg: LatentStatsConfig) -> int:
     setup_logging()
-    p = argparse.ArgumentParser(prog="wfvae latent-stats", description=latent_stats.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--latents", required=True, help="folder written by `wfvae encode`")
-    p.add_argument("--which", choices=["mean", "sample"], default="mean")
-    p.add_argument("--json", default=None, help="write the statistics here")
-    args = p.parse_args(argv)
-    if not Path(args.latents).is_dir():
-        raise InputError(f"--latents {args.latents} is not a folder; pass a folder written by `wfvae encode`")
-    stats = latent_stats(args.latents, args.which)
+    stats = latent_stats(cfg)
     print(f"{stats['videos']} videos, {stats['elements_per_channel']} values per channel")
     print(f"{'channel':>7} {'mean':>10} {'std':>10}")
     for c, (m, s) in enumerate(zip(stats["mean"], stats["std"])):
         print(f"{c:>7} {m:>10.5f} {s:>10.5f}")
     print(json.dumps({"scale": [round(v, 6) for v in stats["scale"]], "shift": [round(v, 6) for v in stats["shift"]]}))
-    if args.json:
-        write_json_option(args.json, stats, "--json")
+    if cfg.json:
+        write_json_option(cfg.json, stats, "--json")
     return 0
+
+
+def encode_main(argv: list[str] | None = None) -> int:
+    return run_config(EncodeConfig, run_encode, argv, "wfvae encode", "Encode a video folder into latent shards.")
+
+
+def decode_main(argv: list[str] | None = None) -> int:
+    return run_config(DecodeConfig, run_decode, argv, "wfvae decode", "Decode a latents folder back into videos.")
+
+
+def stats_main(argv: list[str] | None = None) -> int:
+    return run_config(LatentStatsConfig, run_stats, argv, "wfvae latent-stats", latent_stats.__doc__)
 
 
 def main(argv: list[str] | None = None) -> int:

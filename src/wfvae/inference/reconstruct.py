@@ -28,227 +28,97 @@ so the accelerator is not kept waiting on either.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import logging
 import os
 import random
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from wfvae.data.manifest import is_manifest, output_key
-from wfvae.data.transforms import RESIZE_MODES
-from wfvae.errors import CheckpointError, ConfigError, InputError, OutputError, VideoDecodeError
-from wfvae.layout import ORIGIN_DIR
+from wfvae.errors import InputError, OutputError
+from wfvae.formats import OUTPUT_FORMATS
+from wfvae.inference.common import (
+    DecodedItems,
+    check_num_frames,
+    inference_autocast,
+    load_for_inference,
+    model_identity,
+    to_uint8_frames,
+    write_output,
+)
+from wfvae.layout import ORIGIN_DIR, RECONSTRUCT_METRICS
+from wfvae.options import (
+    REQUIRED,
+    ClipOptions,
+    DecodeWorkerOptions,
+    EncodeChunkOptions,
+    IndexCacheOptions,
+    LpipsOptions,
+    ModelOptions,
+    OverwriteOptions,
+    ResizeOptions,
+    VideoFormatOptions,
+    option,
+    run_config,
+    settings,
+)
 from wfvae.utils.io import atomic_write_bytes
-from wfvae.utils.output_folder import OutputFolder, check_not_nested, collision_free_stems, file_sha256
+from wfvae.utils.logging import setup_logging
+from wfvae.utils.output_folder import OutputFolder, check_not_nested, collision_free_stems
 from wfvae.utils.writer import BackgroundWriter
 
 logger = logging.getLogger(__name__)
 
-FORMATS = {"mp4": ".mp4", "mkv": ".mkv", "png": ""}  # png: a folder of frames per video
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Metrics ``--metrics`` computes on the in-memory tensors.
+IN_MEMORY_METRICS = ("psnr", "ssim", "lpips")
 
 
-def add_conv_argument(parser: argparse.ArgumentParser) -> None:
-    """The ``--conv`` option shared by reconstruct, encode and decode."""
-    parser.add_argument("--conv", choices=["auto", "winograd", "direct"], default="auto",
-                        help="3x3 convolutions on CPU: auto = time oneDNN's direct kernel and Winograd F(2x2,3x3) "
-                             "once per layer shape and keep the faster (cached in ~/.cache/wfvae, "
-                             "$WFVAE_CONV_CACHE); winograd or direct force one (GPUs always use cuDNN)")
+@dataclass(kw_only=True)
+class ReconstructConfig(ModelOptions, ClipOptions, ResizeOptions, EncodeChunkOptions, VideoFormatOptions,
+                        OverwriteOptions, DecodeWorkerOptions, LpipsOptions, IndexCacheOptions):
+    """Settings of ``wfvae reconstruct`` (the original's gen_video.sh flags keep their names)."""
 
+    real_video_dir: str = option(REQUIRED, "A folder (searched recursively), a manifest (.csv/.jsonl/.parquet), a "
+                                 "single video file, or an image.")
+    generated_video_dir: str = option(REQUIRED, "Output folder.")
+    subset_size: int = option(0, "0: every video; N: a deterministic random subset of N videos (seed --seed).")
+    output_origin: bool = option(False, f"Also write the ground truth exactly as fed to the model under "
+                                 f"OUT/{ORIGIN_DIR}/.")
+    decode_chunk_size: int | None = option(None, "Decode this many latent frames at a time; exact.")
+    dtype: Literal["fp32", "bf16", "fp16"] = option(
+        "fp32", "Autocast precision on CUDA (fp32 math is always used on CPU).")
+    sample_fps: float = option(24.0, "Frame rate written into the output videos.")
+    metrics: list[str] = option([], "Comma list of psnr,ssim,lpips, measured on the in-memory tensors (before the "
+                                "codec).")
+    json: str | None = option(None, f"Write per-video metrics here (default OUT/{RECONSTRUCT_METRICS} when "
+                              "--metrics is set).")
+    seed: int = option(42, "Seed of the --subset_size choice.")
+    batch_size: int = option(1, "Videos per forward pass; always 1 here.", ignored=True)
 
-def add_offline_argument(parser: argparse.ArgumentParser) -> None:
-    """The ``--offline`` option of the commands that may download weights."""
-    parser.add_argument("--offline", action="store_true",
-                        help="never download (Hub models, metric weights); also WFVAE_OFFLINE=1 / HF_HUB_OFFLINE=1")
-
-
-def load_for_inference(ckpt: str, conv: str = "auto", **load_kwargs):
-    """``load_model`` set up the way the inference commands run it.
-
-    Convolution weights are stored channels-last, and ``conv`` picks the CPU kernel of the 3x3
-    convolutions: ``"auto"`` measures direct vs Winograd per layer shape (see
-    ``VideoAutoencoder.set_conv_kernels``).
-    """
-    from wfvae.models.loading import load_model, non_finite_tensors
-
-    try:
-        model = load_model(ckpt, **load_kwargs)
-    except FileNotFoundError as e:
-        raise CheckpointError(f"--ckpt {ckpt}: {e}; pass a model folder (config.json + "
-                              "diffusion_pytorch_model.safetensors), a .ckpt or a .safetensors file (with --config), "
-                              "or a Hub id owner/name[@revision]") from e
-    bad = non_finite_tensors(model)
-    if bad:
-        raise CheckpointError(f"--ckpt {ckpt}: {len(bad)} weight tensors hold NaN or Inf (first: {bad[0]}); every "
-                              "output would be garbage. Use a checkpoint saved before the run diverged.")
-    model = model.use_channels_last_weights()
-    return model.set_conv_kernels(conv)
-
-
-def config_hash(config: dict) -> str:
-    """Short, stable hash of a model config (to tell outputs of different models apart)."""
-    text = json.dumps({k: v for k, v in config.items() if not k.startswith("_")}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def model_identity(ckpt: str, model) -> dict:
-    """What an output folder records about the model: the weights file's name, size and SHA-256,
-    and the config hash. Two runs with the same identity produce the same outputs."""
-    from wfvae.models.loading import resolve_pretrained, resolve_weights_file
-
-    # a Hub id was fetched into the Hub cache by load_model just before: read it from there
-    weights = resolve_weights_file(resolve_pretrained(ckpt, offline=True))
-    return {"file": weights.name, "size": weights.stat().st_size, "sha256": file_sha256(weights),
-            "config": config_hash(model.config)}
-
-
-def check_num_frames(model, num_frames: int) -> None:
-    """ConfigError unless ``num_frames`` is a length the model takes (1 + k * temporal factor)."""
-    sf = model.spatial_compression_ratio
-    try:
-        model.check_video(torch.zeros(1, 3, num_frames, sf, sf))
-    except ValueError as e:
-        raise ConfigError(f"--num_frames {num_frames}: {e}") from None
-
-
-@dataclass
-class ReconstructConfig:
-    real_video_dir: str
-    """a folder (searched recursively), a manifest (.csv/.jsonl/.parquet), a single video file, or an image"""
-    generated_video_dir: str
-    """output folder"""
-    ckpt: str
-    """anything `wfvae.load_model` takes: model dir, .ckpt, .safetensors (with --config), Hub id owner/name[@revision]"""
-    config: str | None = None
-    """model config.json when --ckpt is a bare weights file"""
-    model_name: str | None = None
-    """WFVAE or CausalVAE, when the config has no _class_name"""
-    num_frames: int = 33
-    """frames per clip (1 + k * temporal factor)"""
-    sample_rate: int = 1
-    """frame interval when reading the clip"""
-    resolution: int = 256
-    """short side after resizing, pixels"""
-    crop_size: int | None = None
-    """centre crop after resizing (default: resolution x resolution)"""
-    resize: str = "original"
-    """original: the original WF-VAE's resize (torchvision, antialiased) of full frames; fast: inside the decoder"""
-    subset_size: int = 0
-    """0: every video; N: a deterministic random subset of N videos (seed --seed)"""
-    output_origin: bool = False
-    """also write the ground truth exactly as fed to the model under OUT/origin/"""
-    chunk_size: int | None = None
-    """encode this many frames at a time (multiple of the temporal factor); exact"""
-    decode_chunk_size: int | None = None
-    """decode this many latent frames at a time; exact"""
-    dtype: str = "fp32"
-    """fp32 | bf16 | fp16 (autocast on CUDA; fp32 math is always used on CPU)"""
-    conv: str = "auto"
-    """3x3 convolutions on CPU: auto (time direct and Winograd per layer shape, keep the faster) | winograd | direct"""
-    device: str = "auto"
-    """auto | cpu | cuda"""
-    format: str = "mp4"
-    """mp4 (H.264, lossy) | mkv (FFV1, lossless) | png (frame folders, lossless)"""
-    sample_fps: float = 24.0
-    """fps written into the output videos"""
-    overwrite: bool = False
-    """redo every output even if the folder holds results (of these or other settings)"""
-    num_workers: int = 2
-    """video-decoding worker processes (0 decodes in the main process)"""
-    metrics: list[str] = field(default_factory=list)
-    """codec-free metrics on the in-memory tensors: psnr,ssim,lpips"""
-    lpips_net: str = "alex"
-    """LPIPS trunk for --metrics lpips"""
-    lpips_backbone_path: str | None = None
-    """local torchvision weights for the LPIPS trunk"""
-    json: str | None = None
-    """write per-video metrics here (default OUT/reconstruct_metrics.json when --metrics is set)"""
-    cache_dir: str | None = None
-    """where the dataset probe index is cached"""
-    seed: int = 42
-    """seed for the subset choice"""
-    offline: bool = False
-    """never download (Hub models, LPIPS trunk); also WFVAE_OFFLINE=1 / HF_HUB_OFFLINE=1"""
-
-    def validate(self) -> None:
-        """Raise ConfigError listing every value out of range."""
+    def check(self) -> list[str]:
+        """Every value out of range, all at once."""
         problems = []
-        bad = sorted(set(self.metrics) - {"psnr", "ssim", "lpips"})
+        bad = sorted(set(self.metrics) - set(IN_MEMORY_METRICS))
         if bad:
-            problems.append(f"--metrics {','.join(bad)}: choose from psnr, ssim, lpips")
-        for name in ("num_frames", "sample_rate", "resolution"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("crop_size", "chunk_size", "decode_chunk_size"):
+            problems.append(f"--metrics {','.join(bad)}: choose from {', '.join(IN_MEMORY_METRICS)}")
+        problems += self.clip_errors()
+        for name in ("chunk_size", "decode_chunk_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"--{name} must be >= 1 when given, got {value}")
-        if self.crop_size is not None and self.crop_size > self.resolution:
-            problems.append(f"--crop_size {self.crop_size} is larger than --resolution {self.resolution}; "
-                            "use --crop_size <= --resolution")
         if self.subset_size < 0:
             problems.append(f"--subset_size must be >= 0 (0 = all), got {self.subset_size}")
         if self.num_workers < 0:
             problems.append(f"--num_workers must be >= 0, got {self.num_workers}")
         if not self.sample_fps > 0:
             problems.append(f"--sample_fps must be > 0, got {self.sample_fps}")
-        if problems:
-            raise ConfigError("; ".join(problems))
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wfvae reconstruct", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--real_video_dir", required=True)
-    p.add_argument("--generated_video_dir", required=True)
-    p.add_argument("--ckpt", "--from_pretrained", dest="ckpt", required=True,
-                   help="model dir, weights file, or Hugging Face Hub id owner/name[@revision]")
-    p.add_argument("--config", default=None)
-    p.add_argument("--model_name", choices=["WFVAE", "CausalVAE"], default=None)
-    p.add_argument("--num_frames", type=int, default=33)
-    p.add_argument("--sample_rate", type=int, default=1)
-    p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--crop_size", type=int, default=None)
-    p.add_argument("--resize", choices=RESIZE_MODES, default="original",
-                   help="original: the original WF-VAE's resize (torchvision, antialiased) of full frames; "
-                   "fast: resize inside the decoder (a different filter)")
-    p.add_argument("--subset_size", type=int, default=0)
-    p.add_argument("--output_origin", action="store_true")
-    p.add_argument("--chunk_size", type=int, default=None)
-    p.add_argument("--decode_chunk_size", type=int, default=None)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    add_conv_argument(p)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--format", choices=sorted(FORMATS), default="mp4")
-    p.add_argument("--sample_fps", type=float, default=24.0)
-    p.add_argument("--overwrite", action="store_true",
-                   help="redo all outputs, replacing results of earlier runs (of any settings)")
-    p.add_argument("--num_workers", type=int, default=2, help="video-decoding worker processes (0: main process)")
-    p.add_argument("--metrics", default="", help="comma list of psnr,ssim,lpips (in-memory, before the codec)")
-    p.add_argument("--lpips_net", choices=["alex", "vgg"], default="alex")
-    p.add_argument("--lpips_backbone_path", default=None)
-    p.add_argument("--json", default=None)
-    p.add_argument("--cache_dir", default=None)
-    p.add_argument("--seed", type=int, default=42)
-    add_offline_argument(p)
-    # accepted for command-line compatibility with the original scripts; it has no effect here
-    p.add_argument("--batch_size", type=int, default=1, help=argparse.SUPPRESS)
-    return p
-
-
-def parse_args(argv: list[str] | None) -> ReconstructConfig:
-    ns = vars(_parser().parse_args(argv))
-    ns.pop("batch_size")
-    ns["metrics"] = [m.strip() for m in ns["metrics"].split(",") if m.strip()]
-    cfg = ReconstructConfig(**ns)
-    cfg.validate()
-    return cfg
+        return problems
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -289,53 +159,8 @@ class _SingleFile:
 
 def output_names(stem: str, fmt: str, is_image: bool) -> tuple[str, str]:
     """(reconstruction, origin) paths relative to the output folder for an output ``stem``."""
-    suffix = ".png" if is_image else FORMATS[fmt]
+    suffix = ".png" if is_image else OUTPUT_FORMATS[fmt]
     return f"{stem}{suffix}", f"{ORIGIN_DIR}/{stem}{suffix}"
-
-
-def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
-    """(3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3), rounding to nearest (converted on the tensor's device)."""
-    x = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 3, 0).cpu().numpy()
-
-
-def write_output(folder: OutputFolder, rel: str, frames: np.ndarray, fmt: str, fps: float, is_image: bool) -> None:
-    """Write output ``rel`` of ``folder`` atomically: a temporary sibling, then claim and rename.
-
-    ``fmt`` png writes a folder of frames (renamed into place whole, replacing an older one).
-    """
-    from PIL import Image
-
-    from wfvae.data.video_io import write_video
-
-    tmp = folder.temporary_path(rel)
-    if is_image:
-        Image.fromarray(frames[0]).save(tmp, format="PNG")
-    elif fmt == "png":
-        tmp.mkdir()
-        for i, frame in enumerate(frames):
-            Image.fromarray(frame).save(tmp / f"{i:05d}.png")
-    else:
-        write_video(tmp, frames, fps=fps, lossless=(fmt == "mkv"))
-    folder.publish(tmp, rel)
-
-
-class DecodedItems(torch.utils.data.Dataset):
-    """The selected items of a dataset; a decoding failure comes back as a record, not an exception
-    (an exception raised in a DataLoader worker loses its type and arrives as a traceback text)."""
-
-    def __init__(self, dataset, indices: list[int]):
-        self.dataset, self.indices = dataset, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, k: int) -> dict:
-        i = self.indices[k]
-        try:
-            return {**self.dataset[i], "index": i}
-        except VideoDecodeError as e:
-            return {"index": i, "error": e.reason}
 
 
 def _select_subset(n: int, subset_size: int, seed: int) -> list[int]:
@@ -418,8 +243,6 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
 
             lpips_model = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=env.device,
                                       offline=cfg.offline or None)
-        autocast_dtype = DTYPES[cfg.dtype]
-        use_autocast = env.device.type == "cuda" and autocast_dtype != torch.float32
         on_cuda = env.device.type == "cuda"
         loader = torch.utils.data.DataLoader(
             DecodedItems(dataset, todo), batch_size=None, num_workers=cfg.num_workers if len(todo) > 1 else 0,
@@ -435,7 +258,7 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
                     failed.append((names[i], item["error"]))
                     continue
                 video = item["video"].unsqueeze(0).to(env.device, non_blocking=True)  # (1, 3, T, H, W)
-                with torch.inference_mode(), torch.autocast(env.device.type, dtype=autocast_dtype, enabled=use_autocast):
+                with torch.inference_mode(), inference_autocast(env.device, cfg.dtype):
                     z = model.encode(video, chunk_size=cfg.chunk_size).mode()
                     recon = model.decode(z, chunk_size=cfg.decode_chunk_size).float().clamp(-1, 1)
                 row = {"path": names[i]}
@@ -467,19 +290,17 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
             summary["per_video"] = sorted(gathered, key=lambda r: r["path"])
         barrier(env)
         if env.is_main and cfg.metrics:
-            json_path = Path(cfg.json) if cfg.json else out_dir / "reconstruct_metrics.json"
+            json_path = Path(cfg.json) if cfg.json else out_dir / RECONSTRUCT_METRICS
             json_path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(json_path, json.dumps({"config": asdict(cfg), **summary}, indent=2).encode())
+            atomic_write_bytes(json_path, json.dumps({"config": settings(cfg), **summary}, indent=2).encode())
         return summary
     finally:
         cleanup(env)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from wfvae.utils.logging import setup_logging
-
+def run_reconstruct(cfg: ReconstructConfig) -> int:
+    """``wfvae reconstruct`` on a parsed config: reconstruct, then print the summary (rank 0)."""
     setup_logging()
-    cfg = parse_args(argv)
     summary = reconstruct(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"reconstructed {summary['reconstructed']} videos "
@@ -489,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in summary.get("metrics", {}).items():
             print(f"{name} (in memory, before the codec): {value:.4f}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_config(ReconstructConfig, run_reconstruct, argv, "wfvae reconstruct", __doc__)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ How to run::
     wfvae report demo/ --out demo_report.html --max_videos 12
 
     # from Python
-    from wfvae.report.html import build_report
-    path = build_report("runs/exp1")
+    from wfvae.report.html import ReportConfig, build_report
+    path = build_report(ReportConfig(run_dir="runs/exp1"))
 
 What it shows, for whatever the folder holds (see :mod:`wfvae.report.discover` for the search rules):
 
@@ -24,7 +24,6 @@ JavaScript for sorting, so the file can be mailed or archived as is. Nothing is 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime
 import html
@@ -40,13 +39,14 @@ from typing import Any
 
 import numpy as np
 
-from wfvae.errors import VideoDecodeError
+from wfvae.errors import InputError, VideoDecodeError
+from wfvae.options import REQUIRED, option, run_config, validate
 from wfvae.report import figures
 from wfvae.report.discover import MetricFile, ReconFolder, RunContents, discover_run
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_report", "load_metrics_log", "main", "render_report"]
+__all__ = ["ReportConfig", "build_report", "load_metrics_log", "main", "render_report"]
 
 #: metrics where a larger value is better; every other metric (lpips, fvd, losses) is better smaller.
 HIGHER_IS_BETTER = frozenset({"psnr", "ssim"})
@@ -628,30 +628,41 @@ def render_report(run: RunContents, *, title: str | None = None, max_videos: int
     )
 
 
-def build_report(
-    run_dir: str | os.PathLike,
-    out: str | os.PathLike | None = None,
-    *,
-    title: str | None = None,
-    max_videos: int = 6,
-    max_decode: int = 200,
-) -> Path:
-    """Discover what ``run_dir`` holds and write the HTML report.
+@dataclass(kw_only=True)
+class ReportConfig:
+    """Settings of ``wfvae report``."""
 
-    Args:
-        run_dir: a training run, a reconstruction folder, or a folder above them (e.g. the demo's).
-        out: output file (default ``run_dir/report.html``).
-        title, max_videos, max_decode: see :func:`render_report`.
+    run_dir: str = option(REQUIRED, "Training run, reconstruction folder, or any folder above them.", positional=True)
+    out: str | None = option(None, "Output HTML file (default RUN_DIR/report.html).")
+    title: str | None = option(None, "Page heading (default: the folder's name).")
+    max_videos: int = option(6, "Worst videos per folder shown as frames + animation.")
+    max_decode: int = option(200, "Videos per folder decoded for the file PSNR column (all are listed).")
+
+    def check(self) -> list[str]:
+        return [f"--{name} must be >= 0, got {getattr(self, name)}" for name in ("max_videos", "max_decode")
+                if getattr(self, name) < 0]
+
+
+def build_report(cfg: ReportConfig) -> Path:
+    """Discover what ``cfg.run_dir`` holds and write the HTML report.
+
+    ``cfg.run_dir``: a training run, a reconstruction folder, or a folder above them (e.g. the demo's);
+    ``cfg.out``: output file (default ``run_dir/report.html``); ``title``, ``max_videos``, ``max_decode``:
+    see :func:`render_report`.
 
     Returns:
         The path of the written report.
 
     Raises:
-        FileNotFoundError: ``run_dir`` is not a folder.
+        InputError: ``run_dir`` is not a folder.
     """
-    run = discover_run(run_dir)
-    out = Path(out) if out else run.root / "report.html"
-    text = render_report(run, title=title, max_videos=max_videos, max_decode=max_decode)
+    validate(cfg)
+    if not Path(cfg.run_dir).is_dir():
+        raise InputError(f"run folder '{cfg.run_dir}' does not exist or is not a folder; pass a training run, "
+                         "a reconstruction folder or a folder above them")
+    run = discover_run(cfg.run_dir)
+    out = Path(cfg.out) if cfg.out else run.root / "report.html"
+    text = render_report(run, title=cfg.title, max_videos=cfg.max_videos, max_decode=cfg.max_decode)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")
     tmp.write_text(text, encoding="utf-8")
@@ -660,34 +671,17 @@ def build_report(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def _run(cfg: ReportConfig) -> int:
     from wfvae.utils.logging import setup_logging
 
-    p = argparse.ArgumentParser(
-        prog="wfvae report",
-        description="Write a self-contained HTML report (curves, reconstructions, metrics, config) of a run folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        allow_abbrev=False,
-    )
-    p.add_argument("run_dir", help="training run, reconstruction folder, or any folder above them")
-    p.add_argument("--out", default=None, help="output HTML file (default RUN_DIR/report.html)")
-    p.add_argument("--title", default=None, help="page heading (default: the folder's name)")
-    p.add_argument("--max_videos", type=int, default=6, help="worst videos per folder shown as frames + animation")
-    p.add_argument("--max_decode", type=int, default=200, help="videos per folder decoded for the file PSNR column")
-    args = p.parse_args(argv)
     setup_logging()
-    if args.max_videos < 0 or args.max_decode < 0:
-        print("wfvae report: --max_videos and --max_decode must be >= 0", file=sys.stderr)
-        return 2
-    if not Path(args.run_dir).is_dir():
-        from wfvae.errors import InputError
-
-        raise InputError(f"run folder '{args.run_dir}' does not exist or is not a folder; pass a training run, "
-                         "a reconstruction folder or a folder above them")
-    out = build_report(args.run_dir, args.out, title=args.title, max_videos=args.max_videos,
-                       max_decode=args.max_decode)
-    print(out)
+    print(build_report(cfg))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_config(ReportConfig, _run, argv, "wfvae report",
+                      "Write a self-contained HTML report (curves, reconstructions, metrics, config) of a run folder.")
 
 
 if __name__ == "__main__":
