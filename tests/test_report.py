@@ -17,7 +17,8 @@ from wfvae import cli
 from wfvae.data.synthetic import make_synthetic_video
 from wfvae.data.video_io import write_video
 from wfvae.report.discover import discover_run
-from wfvae.report.html import load_metrics_log
+from wfvae.report.html import ReportConfig, build_report
+from wfvae.report.training_log import load_metrics_log
 
 KEYS = ["sub/clip_a", "clip_b"]
 
@@ -219,3 +220,23 @@ def test_curves_with_a_loss_spanning_orders_of_magnitude():
     steps = np.arange(1, 41, dtype=float)
     png = figures.curves_png({"train/loss_kl": (steps, 1000.0 / steps**2), "lr": (steps, np.full(40, 1e-4))}, "curves")
     assert Image.open(io.BytesIO(png)).format == "PNG"
+
+
+def test_static_assets_are_package_data_and_inlined(tmp_path):
+    """The report's CSS/JS are files in the package: a (non-editable) wheel must carry them, and every report
+    inlines them (it stays one self-contained file)."""
+    import fnmatch
+    import tomllib
+
+    from wfvae.report.markup import asset
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["wfvae"]
+    assets = sorted((root / "src" / "wfvae" / "report" / "assets").iterdir())
+    assert assets
+    for path in assets:
+        rel = path.relative_to(root / "src" / "wfvae").as_posix()
+        assert any(fnmatch.fnmatch(rel, p) for p in patterns), f"{rel} is not in [tool.setuptools.package-data]"
+    (tmp_path / "empty").mkdir()
+    page = build_report(ReportConfig(run_dir=str(tmp_path / "empty"))).read_text()
+    assert asset("report.css") in page and asset("report.js") in page
