@@ -67,6 +67,7 @@ from wfvae.options import (
     option,
     run_config,
     settings,
+    validate,
 )
 from wfvae.utils.io import atomic_write_bytes
 from wfvae.utils.logging import setup_logging
@@ -127,7 +128,8 @@ class _SingleFile:
 
     def __init__(self, path: Path, cfg: ReconstructConfig, temporal_factor: int):
         from wfvae.data.transforms import clip_indices, crop_offsets, resize_crop, resized_size, to_model_tensor
-        from wfvae.data.video_io import probe_video, read_video
+        from wfvae.data.video_probe import probe_video
+        from wfvae.data.video_read import read_video
 
         info = probe_video(path)
         short_side = cfg.resolution if cfg.resize == "fast" else None
@@ -177,6 +179,7 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
     from wfvae.evaluation import metrics as M
     from wfvae.distributed import all_gather_object, barrier, broadcast_object, cleanup, init_distributed
 
+    validate(cfg)
     src = Path(cfg.real_video_dir)
     out_dir = Path(cfg.generated_video_dir)
     if not src.exists():
