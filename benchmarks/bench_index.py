@@ -105,7 +105,7 @@ def run_child(mode: str, args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------ building the tree
 def make_clips(workdir: Path, frames: int, size: int) -> list[Path]:
     from wfvae.data.synthetic import make_synthetic_video
-    from wfvae.data.video_io import write_video
+    from wfvae.data.video_write import write_video
 
     clips = []
     for i, (ext, codec) in enumerate(CLIPS):
@@ -134,7 +134,7 @@ def populate_from_sources(tree: Path, cache: Path, clips: list[Path]) -> float:
     """One probe per source clip, one row per link (see the module docstring)."""
     from wfvae.data.index import _BATCH, scan_folder, store_path
     from wfvae.data.index_store import IndexStore, make_row
-    from wfvae.data.video_io import probe_video
+    from wfvae.data.video_probe import probe_video
 
     t0 = time.perf_counter()
     by_ext = {c.suffix: probe_video(c) for c in clips}

@@ -54,7 +54,7 @@ import torch
 from machine import cpu_model, machine_info
 from wfvae.data.datasets import VideoFolderDataset
 from wfvae.data.synthetic import make_synthetic_video
-from wfvae.data.video_io import write_video
+from wfvae.data.video_write import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 # name, codec (None: the extension's default), encoder options

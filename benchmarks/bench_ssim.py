@@ -46,7 +46,8 @@ METHODS = ("ours", "previous", "skimage")
 def make_pair(frames: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """A synthetic clip and its lossy H.264 decode, uint8 (T, H, W, 3)."""
     from wfvae.data.synthetic import make_synthetic_video
-    from wfvae.data.video_io import read_video, write_video
+    from wfvae.data.video_read import read_video
+    from wfvae.data.video_write import write_video
 
     clip = make_synthetic_video(frames, size, size, seed=7)
     with tempfile.TemporaryDirectory() as tmp:

@@ -223,7 +223,7 @@ def _real_clips(ctx: Context, frames: int, size: int, n: int):
     """``n`` clips written as H.264 files with PyAV, decoded back, as (1, 3, T, H, W) in [-1, 1]."""
     from wfvae.data.synthetic import write_synthetic_dataset
     from wfvae.data.transforms import to_model_tensor
-    from wfvae.data.video_io import read_video
+    from wfvae.data.video_read import read_video
 
     folder = ctx.out / "clips"
     write_synthetic_dataset(folder, n_videos=n, num_frames=frames, height=size, width=size, seed=7)

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny real video files written with the package's own ``video_io``.
+"""Shared fixtures: tiny real video files written with the package's own ``video_write``.
 
 * ``video_dir``: 4 synthetic H.264 clips (17 frames, 32x48) in a spec-like nested folder.
 * ``messy_dir``: a folder like real downloads: many containers and codecs, upper-case
@@ -32,7 +32,7 @@ os.environ["WFVAE_CACHE_DIR"] = tempfile.mkdtemp(prefix="wfvae-test-cache-")
 atexit.register(shutil.rmtree, os.environ["WFVAE_CACHE_DIR"], ignore_errors=True)
 
 from wfvae.data.synthetic import make_synthetic_video, write_synthetic_dataset
-from wfvae.data.video_io import write_video
+from wfvae.data.video_write import write_video
 
 # relative path -> decodable frame count
 MESSY_GOOD = {

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 from conftest import MESSY_BAD, MESSY_GOOD, MESSY_NUM_FRAMES, MESSY_SAMPLE_RATE, copy_tree
 from wfvae.data.datasets import VideoFolderDataset, discover_videos
 from wfvae.data.synthetic import make_synthetic_video, write_synthetic_dataset
-from wfvae.data.video_io import read_video, write_video
+from wfvae.data.video_read import read_video
+from wfvae.data.video_write import write_video
 from wfvae.errors import VideoDecodeError
 
 

@@ -17,7 +17,7 @@ from train_utils import free_port, subprocess_env
 from wfvae.data import index as index_mod
 from wfvae.data.index import build_index, scan_folder, store_path
 from wfvae.data.index_store import IndexStore, make_row, row_info
-from wfvae.data.video_io import VideoInfo
+from wfvae.data.video_probe import VideoInfo
 
 
 def test_probing_is_shared_across_two_gloo_ranks(messy_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""video_io on real files: round trips per container/codec, seeking, pixel formats, rotation, bad files."""
+"""Video probe/read/write on real files: round trips per container/codec, seeking, pixel formats, rotation, bad files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 
 from conftest import MESSY_BAD, MESSY_GOOD
 from wfvae.data.synthetic import make_synthetic_video
-from wfvae.data.video_io import probe_video, read_video, write_video
+from wfvae.data.video_probe import probe_video
+from wfvae.data.video_read import read_video
+from wfvae.data.video_write import write_video
 from wfvae.errors import VideoDecodeError
 
 
@@ -52,7 +54,7 @@ def test_seek_read_equals_sequential_and_actually_seeks(tmp_path, caplog):
     path = write_video(tmp_path / "gop.mp4", clip, gop_size=8)
     info = probe_video(path)
     full = read_video(path)
-    with caplog.at_level(logging.DEBUG, logger="wfvae.data.video_io"):
+    with caplog.at_level(logging.DEBUG, logger="wfvae.data.video_read"):
         part = read_video(path, start=21, num_frames=5, step=3, info=info)
     np.testing.assert_array_equal(part, full[21:36:3])
     # The reader jumped to the key frame at 16 instead of decoding from frame 0.

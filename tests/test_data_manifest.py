@@ -23,7 +23,9 @@ from wfvae.data.datasets import VideoFolderDataset
 from wfvae.data.index import build_index
 from wfvae.data.manifest import ManifestError, read_manifest, write_manifest
 from wfvae.data.synthetic import make_synthetic_video
-from wfvae.data.video_io import probe_video, read_video, write_video
+from wfvae.data.video_probe import probe_video
+from wfvae.data.video_read import read_video
+from wfvae.data.video_write import write_video
 
 FORMATS = ["csv", "jsonl", "parquet"]
 

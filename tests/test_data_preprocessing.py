@@ -19,7 +19,7 @@ from torchvision.transforms import CenterCrop, Resize
 from wfvae.data.datasets import VideoFolderDataset
 from wfvae.data.synthetic import make_synthetic_video
 from wfvae.data.transforms import clip_indices, resize_crop
-from wfvae.data.video_io import write_video
+from wfvae.data.video_write import write_video
 
 LEVEL = 2.0 / 255.0  # one uint8 level on the model's [-1, 1] scale
 
@@ -115,7 +115,8 @@ def test_resize_crop_random_corner_and_upscaling():
 
 
 def test_reconstruct_and_evaluate_read_the_same_clips(real_files, tmp_path):
-    from wfvae.evaluation.evaluate import EvalConfig, _PairDataset
+    from wfvae.evaluation.evaluate import EvalConfig
+    from wfvae.evaluation.loading import PairDataset
     from wfvae.inference.reconstruct import ReconstructConfig, _SingleFile
 
     path = real_files / "land_h264.mp4"
@@ -124,7 +125,7 @@ def test_reconstruct_and_evaluate_read_the_same_clips(real_files, tmp_path):
                             sample_rate=2, resolution=64)
     single = _SingleFile(path, cfg, temporal_factor=4)[0]["video"]
     assert (single - ref).abs().max().item() <= 0.55 * LEVEL
-    pairs = _PairDataset([("k", path, path)], EvalConfig(real_video_dir=str(path), generated_video_dir=str(path), num_frames=9,
+    pairs = PairDataset([("k", path, path)], EvalConfig(real_video_dir=str(path), generated_video_dir=str(path), num_frames=9,
                                                               sample_rate=2, resolution=64))
     real = pairs[0]["real"]
     assert (real - ref).abs().max().item() <= 0.55 * LEVEL

@@ -11,7 +11,8 @@ import pytest
 pytest.importorskip("skimage", reason="the demo dataset needs scikit-image (pip install wfvae[demo])")
 
 from wfvae.data.datasets import VideoFolderDataset
-from wfvae.data.video_io import probe_video, read_video
+from wfvae.data.video_probe import probe_video
+from wfvae.data.video_read import read_video
 from wfvae.demo.dataset import (
     MOTIONS,
     PHOTOS,

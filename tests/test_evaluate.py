@@ -18,9 +18,12 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from wfvae.cli import main as cli_main
 from wfvae.data.synthetic import make_synthetic_video
 from wfvae.data.transforms import clip_indices
-from wfvae.data.video_io import read_video, write_video
+from wfvae.data.video_read import read_video
+from wfvae.data.video_write import write_video
 from wfvae.evaluation import evaluate as E
 from wfvae.evaluation.fvd import I3DFeatureExtractor, fvd_from_features
+from wfvae.evaluation.loading import center_crop
+from wfvae.evaluation.pairing import pair_videos
 from wfvae.evaluation.metrics import PSNR_CAP_DB
 from wfvae.networks.lpips import load_lpips
 
@@ -146,10 +149,10 @@ def test_sample_rate_applies_to_real_side_and_resize_crop(tmp_path):
 
 def test_center_crop_geometry():
     video = torch.arange(4 * 6, dtype=torch.uint8).view(1, 1, 4, 6).expand(3, 2, 4, 6)
-    torch.testing.assert_close(E.center_crop(video, 4), video[:, :, :, 1:5])
-    torch.testing.assert_close(E.center_crop(video, 0), video)
+    torch.testing.assert_close(center_crop(video, 4), video[:, :, :, 1:5])
+    torch.testing.assert_close(center_crop(video, 0), video)
     with pytest.raises(ValueError, match="does not fit"):
-        E.center_crop(video, 5)
+        center_crop(video, 5)
 
 
 def test_pairing_errors(tmp_path, folders):
@@ -159,15 +162,15 @@ def test_pairing_errors(tmp_path, folders):
     for key in ("a", "sub/b", "sub/c", "unmatched_gen"):
         write_video(extra / f"{key}.mkv", clip, lossless=True)
     with pytest.raises(ValueError, match=r"only in generated .*unmatched_gen\.mkv"):
-        E.pair_videos(real, extra)
+        pair_videos(real, extra)
     with pytest.raises(ValueError, match=r"only in real .*sub/c\.mp4"):
-        E.pair_videos(real, gen / "sub")
+        pair_videos(real, gen / "sub")
     # a.mp4 next to a.mkv: two videos, keyed a.mp4 / a.mkv, neither is taken for real a.mp4's partner
     write_video(extra / "a.mp4", clip, lossless=True)
     with pytest.raises(ValueError, match=r"(?s)only in generated .*a\.mkv.*a\.mp4"):
-        E.pair_videos(real, extra)
+        pair_videos(real, extra)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        E.pair_videos(tmp_path / "missing", gen)
+        pair_videos(tmp_path / "missing", gen)
 
 
 def test_short_video_and_bad_metric_are_errors(folders, tmp_path):
@@ -245,6 +248,6 @@ def test_generated_origin_subfolder_is_skipped_even_when_real_is_elsewhere(folde
     real, gen, keys = folders
 
     elsewhere = shutil.copytree(real, tmp_path / "real_copy")
-    pairs = E.pair_videos(elsewhere, gen)
+    pairs = pair_videos(elsewhere, gen)
     assert [key for key, _, _ in pairs] == keys
     assert all("origin" not in gen_file.relative_to(gen).parts for _, _, gen_file in pairs)

@@ -24,7 +24,7 @@ import torch
 from wfvae.cli import COMMANDS
 from wfvae.cli import main as cli
 from wfvae.data.synthetic import make_synthetic_video
-from wfvae.data.video_io import write_video
+from wfvae.data.video_write import write_video
 from wfvae.models import build_model
 from wfvae.models.base import WEIGHTS_NAME
 

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from train_utils import TINY_WFVAE, free_port, subprocess_env
 from wfvae.data.manifest import write_manifest
 from wfvae.data.synthetic import make_synthetic_video
-from wfvae.data.video_io import write_video
+from wfvae.data.video_write import write_video
 from wfvae.inference.latents import read_index
 
 N_VIDEOS = 8

@@ -10,7 +10,8 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from wfvae.data.synthetic import make_synthetic_video
-from wfvae.data.video_io import read_video, write_video
+from wfvae.data.video_read import read_video
+from wfvae.data.video_write import write_video
 from wfvae.evaluation import metrics as M
 
 

@@ -21,7 +21,8 @@ import torch
 
 from wfvae.cli import main as cli
 from wfvae.data.synthetic import make_synthetic_video
-from wfvae.data.video_io import read_video, write_video
+from wfvae.data.video_read import read_video
+from wfvae.data.video_write import write_video
 from wfvae.models import build_model
 
 ROOT = Path(__file__).parents[1]

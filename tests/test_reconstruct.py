@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from wfvae.data.synthetic import make_synthetic_video
-from wfvae.data.video_io import read_video, write_video
+from wfvae.data.video_read import read_video
+from wfvae.data.video_write import write_video
 from wfvae.inference.reconstruct import main as reconstruct_main
 from wfvae.models import build_model
 

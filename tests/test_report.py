@@ -15,7 +15,7 @@ from PIL import Image
 
 from wfvae import cli
 from wfvae.data.synthetic import make_synthetic_video
-from wfvae.data.video_io import write_video
+from wfvae.data.video_write import write_video
 from wfvae.report.discover import discover_run
 from wfvae.report.html import ReportConfig, build_report
 from wfvae.report.training_log import load_metrics_log

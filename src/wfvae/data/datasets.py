@@ -50,7 +50,8 @@ from torch.utils.data import Dataset
 from wfvae.data.index import build_index, discover_videos, source_root
 from wfvae.data.manifest import is_manifest
 from wfvae.data.transforms import RESIZE_MODES, ResizeMode, clip_indices, crop_offsets, resize_crop, to_model_tensor
-from wfvae.data.video_io import VideoInfo, read_video
+from wfvae.data.video_probe import VideoInfo
+from wfvae.data.video_read import read_video
 from wfvae.errors import VideoDecodeError
 from wfvae.formats import MEDIA_EXTENSIONS, VIDEO_EXTENSIONS
 

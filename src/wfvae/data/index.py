@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from wfvae.data.index_store import IndexStore, Row, make_row, row_info
 from wfvae.data.manifest import Manifest, ManifestRow, is_manifest, read_manifest
-from wfvae.data.video_io import VideoInfo, probe_video
+from wfvae.data.video_probe import VideoInfo, probe_video
 from wfvae.formats import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_image_path
 from wfvae.errors import VideoDecodeError
 

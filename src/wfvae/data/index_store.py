@@ -16,7 +16,7 @@ the database on a local file system (not NFS): the default cache folder is the u
 
 Schema (``files``, one row per file): ``path`` (key: relative to the dataset root, or absolute
 for manifest rows outside it), ``size`` and ``mtime_ns`` (a change invalidates the row), the
-:class:`~wfvae.data.video_io.VideoInfo` fields, and ``error`` (why a bad file is bad).
+:class:`~wfvae.data.video_probe.VideoInfo` fields, and ``error`` (why a bad file is bad).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable
 
-from wfvae.data.video_io import VideoInfo
+from wfvae.data.video_probe import VideoInfo
 
 logger = logging.getLogger(__name__)
 

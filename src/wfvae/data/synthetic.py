@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wfvae.data.video_io import write_video
+from wfvae.data.video_write import write_video
 
 __all__ = ["make_synthetic_video", "write_synthetic_dataset"]
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wfvae.data.video_io import write_video
+from wfvae.data.video_write import write_video
 
 logger = logging.getLogger(__name__)
 

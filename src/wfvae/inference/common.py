@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from wfvae.data.video_io import write_video
+from wfvae.data.video_write import write_video
 from wfvae.errors import CheckpointError, ConfigError, VideoDecodeError
 from wfvae.models.loading import load_model, non_finite_tensors, resolve_pretrained, resolve_weights_file
 from wfvae.utils.output_folder import OutputFolder, file_sha256

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wfvae.data.video_io import probe_video, read_video
+from wfvae.data.video_probe import probe_video
+
+from wfvae.data.video_read import read_video
 from wfvae.errors import VideoDecodeError
 from wfvae.formats import is_image_path
 from wfvae.report import figures

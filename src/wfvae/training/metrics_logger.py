@@ -142,14 +142,14 @@ class MetricsLogger:
 
     def log_videos(self, key: str, videos: Sequence[np.ndarray], step: int, fps: int = 10) -> list[Path]:
         """Save ``(T, H, W, 3)`` uint8 videos under ``videos/`` and send them to the trackers."""
-        from wfvae.data import video_io
+        from wfvae.data.video_write import write_video
 
         out_dir = self.run_dir / "videos" / f"step-{step:08d}"
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
         for i, video in enumerate(videos):
             path = out_dir / f"{key.replace('/', '_')}_{i}.mp4"
-            video_io.write_video(path, video, fps=fps)
+            write_video(path, video, fps=fps)
             paths.append(path)
         if self._wandb_run is not None and videos:
             # wandb.Video wants (T, C, H, W)
