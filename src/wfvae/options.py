@@ -169,14 +169,15 @@ class FrameOptions:
     """How frames are read from a video: stride and size."""
 
     sample_rate: int = option(1, "Take every n-th frame when reading a clip.")
-    resolution: int = option(256, "Short side after resizing, pixels.")
+    resolution: int = option(256, "Short side after resizing, pixels (evaluate: 0 keeps the size).")
 
 
 @dataclass(kw_only=True)
 class ClipOptions(FrameOptions):
     """How clips are cut from videos: the same for reconstruct, encode and evaluate."""
 
-    num_frames: int = option(33, "Frames per clip from the first frame; 1 + k * the model's temporal compression.")
+    num_frames: int = option(33, "Frames per clip from the first frame; 1 + k * the model's temporal compression "
+                             "(evaluate: 0 = all frames).")
     crop_size: int | None = option(None, "Centre crop after resizing (default: resolution x resolution).")
 
     def clip_errors(self) -> list[str]:
@@ -289,7 +290,7 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
         names = [n for n in owner.__dict__.get("__annotations__", {}) if n in fields]
         if not names:
             continue
-        target = parser if owner is cls else parser.add_argument_group(owner.__doc__.strip().splitlines()[0])
+        target = parser if owner is cls else parser.add_argument_group(owner.__doc__.strip().splitlines()[0].rstrip("."))
         for name in names:
             _add_field(target, fields.pop(name), hints[name])
     return parser
