@@ -46,8 +46,6 @@ def test_help_shows_every_option_with_help_and_default(name, capsys):
     assert cli([name, "--help"]) == 0
     text = _squeeze(capsys.readouterr().out)
     for f in dataclasses.fields(cls):
-        if f.metadata["hidden"]:  # test-only flags of training
-            continue
         assert f.metadata["help"].strip(), f"{name}: --{f.name} has no help text"
         shown = f.name if f.metadata["positional"] else f"--{f.name}"
         line = help_text(f)
@@ -75,7 +73,7 @@ def test_no_default_is_written_twice():
     for cls in _configs().values():
         for f in dataclasses.fields(cls):
             default = default_of(f)
-            if default is None or default is REQUIRED or f.metadata["ignored"] or f.metadata["hidden"]:
+            if default is None or default is REQUIRED or f.metadata["ignored"]:
                 continue
             seen.setdefault((f.name, repr(default)), set()).add(_defining_class(cls, f.name))
     twice = {key: sorted(k.__name__ for k in owners) for key, owners in seen.items()

@@ -8,7 +8,7 @@ import json
 from train_utils import TINY_WFVAE, base_args, load_ckpt, run_dir, train_records
 
 from wfvae.data.synthetic import make_synthetic_video
-from wfvae.data.video_io import write_video
+from wfvae.data.video_write import write_video
 from wfvae.formats import VIDEO_EXTENSIONS
 from wfvae.training.trainer import main
 

@@ -44,7 +44,6 @@ DISC_CLASS_ALIASES: dict[str, str] = {
 }
 
 
-
 @dataclass(kw_only=True)
 class TrainConfig(DeviceOptions, OfflineOptions, ResizeOptions):
     """Every knob of ``wfvae train``. Grouped as in ``train_ddp.py``; one line of help per field."""

@@ -85,14 +85,13 @@ REQUIRED: Any = _Required()
 
 
 def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, aliases: Sequence[str] = (),
-           positional: bool = False, ignored: bool = False, hidden: bool = False, metavar: str | None = None) -> Any:
+           positional: bool = False, ignored: bool = False, metavar: str | None = None) -> Any:
     """A dataclass field that is one command-line flag: its default and its help, written once.
 
     ``ignored``: accepted for compatibility with the original scripts and has no effect (said in ``--help``).
-    ``hidden``: a test-only flag left out of ``--help``.
     """
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "aliases": tuple(aliases),
-            "positional": positional, "ignored": ignored, "hidden": hidden, "metavar": metavar}
+            "positional": positional, "ignored": ignored, "metavar": metavar}
     if default is REQUIRED:
         return field(metadata={**meta, "required": True})
     if isinstance(default, (list, dict, set)):
@@ -299,7 +298,7 @@ def build_parser(cls: type, prog: str, description: str | None = None) -> argpar
 def _add_field(parser: Any, f: dataclasses.Field, hint: Any) -> None:
     meta, default = f.metadata, default_of(f)
     tp = _unwrap_optional(hint)
-    kwargs: dict[str, Any] = {"help": argparse.SUPPRESS if meta["hidden"] else help_text(f).replace("%", "%%")}
+    kwargs: dict[str, Any] = {"help": help_text(f).replace("%", "%%")}
     choices = meta["choices"]
     if typing.get_origin(tp) is Literal:
         choices = typing.get_args(tp)
@@ -325,7 +324,7 @@ def _add_field(parser: Any, f: dataclasses.Field, hint: Any) -> None:
 
 
 def _unknown_errors(cls: type, unknown: list[str]) -> list[str]:
-    valid = [f"--{f.name}" for f in dataclasses.fields(cls) if not f.metadata["hidden"]]
+    valid = [f"--{f.name}" for f in dataclasses.fields(cls)]
     valid += [a for f in dataclasses.fields(cls) for a in f.metadata["aliases"]]
     msgs, after_flag = [], False
     for tok in unknown:
