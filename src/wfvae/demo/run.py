@@ -28,7 +28,17 @@ from pathlib import Path
 
 import torch
 
+from wfvae.demo.dataset import make_demo_dataset
+from wfvae.errors import MissingWeightsError
+from wfvae.evaluation.evaluate import EvalConfig, evaluate_folders
+from wfvae.evaluation.fvd import load_i3d
+from wfvae.inference.reconstruct import ReconstructConfig, run_reconstruct
+from wfvae.models import build_model
+from wfvae.networks.lpips import find_lpips_backbone
 from wfvae.options import option, run_config
+from wfvae.report.html import ReportConfig, build_report
+from wfvae.training.trainer import main as train_main
+from wfvae.utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +89,6 @@ def _stage(title: str) -> None:
 def _optional_metrics(device: str) -> tuple[list[str], list[str]]:
     """LPIPS / FVD join the metrics when their weights are on disk or can be downloaded (not offline);
     otherwise the notes say what to provide."""
-    from wfvae.errors import MissingWeightsError
-    from wfvae.evaluation.fvd import load_i3d
-    from wfvae.networks.lpips import find_lpips_backbone
-
     extra, notes = [], []
     try:
         find_lpips_backbone("alex")
@@ -104,13 +110,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     except in ``fast`` mode, which starts it at step 3 to exercise the whole loop).
     """
     fast, seed, gan_from = cfg.fast, cfg.seed, cfg.gan_from
-    from wfvae.demo.dataset import make_demo_dataset
-    from wfvae.evaluation.evaluate import EvalConfig, evaluate_folders
-    from wfvae.inference.reconstruct import main as reconstruct_main
-    from wfvae.models import build_model
-    from wfvae.report.html import ReportConfig, build_report
-    from wfvae.training.trainer import main as train_main
-
     out = Path(cfg.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     num_frames, size = (9, 32) if fast else (9, 64)
@@ -159,11 +158,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     recon_dirs = {}
     for name, ckpt in (("before", initial), ("after", trained)):
         recon_dirs[name] = out / "reconstructions" / f"{name}_training"
-        reconstruct_main([
-            "--real_video_dir", str(out / "data" / "val"), "--generated_video_dir", str(recon_dirs[name]),
-            "--ckpt", str(ckpt), "--num_frames", str(num_frames), "--resolution", str(size),
-            "--output_origin", "--format", "mkv", "--device", "cpu", "--metrics", "psnr,ssim",
-        ])
+        run_reconstruct(ReconstructConfig(
+            real_video_dir=str(out / "data" / "val"), generated_video_dir=str(recon_dirs[name]), ckpt=str(ckpt),
+            num_frames=num_frames, resolution=size, output_origin=True, format="mkv", device="cpu",
+            metrics=["psnr", "ssim"],
+        ))
 
     _stage("4/5 evaluating")
     extra, notes = _optional_metrics("cpu")
@@ -196,8 +195,6 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def _run(cfg: DemoConfig) -> int:
-    from wfvae.utils.logging import setup_logging
-
     setup_logging()
     run_demo(cfg)
     return 0
