@@ -69,6 +69,7 @@ __all__ = [
     "parse_config",
     "run_config",
     "settings",
+    "too_small",
     "validate",
 ]
 
@@ -113,8 +114,9 @@ def settings(cfg: Any) -> dict[str, Any]:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if not f.metadata.get("ignored")}
 
 
-def _positive(cfg: Any, names: Sequence[str], at_least: int = 1, when_given: bool = False) -> list[str]:
-    """``--name must be >= at_least`` for every named field below it (None is skipped)."""
+def too_small(cfg: Any, names: Sequence[str], at_least: int = 1, when_given: bool = False) -> list[str]:
+    """``--name must be >= at_least, got v`` for every named field of ``cfg`` below it (None is skipped): the
+    range check every ``check()`` uses."""
     errors = []
     for name in names:
         value = getattr(cfg, name)
@@ -180,8 +182,8 @@ class ClipOptions(FrameOptions):
     crop_size: int | None = option(None, "Centre crop after resizing (default: resolution x resolution).")
 
     def clip_errors(self) -> list[str]:
-        errors = _positive(self, ("num_frames", "sample_rate", "resolution"))
-        errors += _positive(self, ("crop_size",), when_given=True)
+        errors = too_small(self, ("num_frames", "sample_rate", "resolution"))
+        errors += too_small(self, ("crop_size",), when_given=True)
         if self.crop_size is not None and self.crop_size > self.resolution:
             errors.append(f"--crop_size {self.crop_size} is larger than --resolution {self.resolution}; "
                           "use --crop_size <= --resolution")

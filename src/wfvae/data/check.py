@@ -36,7 +36,7 @@ from wfvae.data.datasets import reason_kind
 from wfvae.data.index import build_index, source_root
 from wfvae.data.manifest import is_manifest, write_manifest
 from wfvae.errors import InputError
-from wfvae.options import REQUIRED, FrameOptions, IndexCacheOptions, option, run_config, validate
+from wfvae.options import REQUIRED, FrameOptions, IndexCacheOptions, option, run_config, too_small, validate
 from wfvae.utils.io import write_json_option
 from wfvae.utils.logging import setup_logging
 
@@ -62,8 +62,7 @@ class DataCheckConfig(FrameOptions, IndexCacheOptions):
         metavar="OUT.csv")
 
     def check(self) -> list[str]:
-        errors = [f"--{name} must be >= 1, got {getattr(self, name)}"
-                  for name in ("num_frames", "sample_rate", "resolution") if getattr(self, name) < 1]
+        errors = too_small(self, ("num_frames", "sample_rate", "resolution"))
         if self.write_manifest and not is_manifest(self.write_manifest):
             errors.append(f"--write_manifest {self.write_manifest!r} must end in .csv, .jsonl or .parquet")
         return errors

@@ -55,6 +55,7 @@ from wfvae.options import (
     option,
     run_config,
     settings,
+    too_small,
     validate,
 )
 from wfvae.utils.device import resolve_device
@@ -95,8 +96,7 @@ class EvalConfig(ClipOptions, ResizeOptions, DecodeWorkerOptions, LpipsOptions, 
         errors = []
         if not self.metric or any(m not in METRICS for m in self.metric):
             errors.append(f"--metric {','.join(self.metric) or '(empty)'}: choose from {', '.join(METRICS)}")
-        errors += [f"--{name} must be >= 1, got {getattr(self, name)}" for name in ("sample_rate", "batch_size")
-                   if getattr(self, name) < 1]
+        errors += too_small(self, ("sample_rate", "batch_size"))
         if self.num_frames is not None and self.num_frames < 0:
             errors.append(f"--num_frames must be >= 0 (0 = all frames), got {self.num_frames}")
         if self.resolution is not None and self.resolution < 0:

@@ -59,6 +59,7 @@ from wfvae.options import (
     VideoFormatOptions,
     option,
     run_config,
+    too_small,
     validate,
 )
 from wfvae.utils.io import write_json_option
@@ -102,7 +103,7 @@ class EncodeConfig(ModelOptions, ClipOptions, EncodeChunkOptions, OverwriteOptio
     seed: int = option(0, "Seed of the posterior samples (--sample); rank r uses seed + r.")
 
     def check(self) -> list[str]:
-        return [f"--shard_size must be >= 1, got {self.shard_size}"] if self.shard_size < 1 else []
+        return too_small(self, ("shard_size",))
 
 
 @dataclass(kw_only=True)

@@ -67,6 +67,7 @@ from wfvae.options import (
     option,
     run_config,
     settings,
+    too_small,
     validate,
 )
 from wfvae.utils.io import atomic_write_bytes
@@ -109,14 +110,10 @@ class ReconstructConfig(ModelOptions, ClipOptions, ResizeOptions, EncodeChunkOpt
         if bad:
             problems.append(f"--metrics {','.join(bad)}: choose from {', '.join(IN_MEMORY_METRICS)}")
         problems += self.clip_errors()
-        for name in ("chunk_size", "decode_chunk_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                problems.append(f"--{name} must be >= 1 when given, got {value}")
+        problems += too_small(self, ("chunk_size", "decode_chunk_size"), when_given=True)
         if self.subset_size < 0:
             problems.append(f"--subset_size must be >= 0 (0 = all), got {self.subset_size}")
-        if self.num_workers < 0:
-            problems.append(f"--num_workers must be >= 0, got {self.num_workers}")
+        problems += too_small(self, ("num_workers",), at_least=0)
         if not self.sample_fps > 0:
             problems.append(f"--sample_fps must be > 0, got {self.sample_fps}")
         return problems

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from wfvae.errors import InputError
-from wfvae.options import REQUIRED, option, run_config, validate
+from wfvae.options import REQUIRED, option, run_config, too_small, validate
 from wfvae.report import figures
 from wfvae.report.discover import RunContents, discover_run
 from wfvae.report.markup import HINTS, asset, data_uri, esc, fmt
@@ -226,8 +226,7 @@ class ReportConfig:
     max_decode: int = option(200, "Videos per folder decoded for the file PSNR column (all are listed).")
 
     def check(self) -> list[str]:
-        return [f"--{name} must be >= 0, got {getattr(self, name)}" for name in ("max_videos", "max_decode")
-                if getattr(self, name) < 0]
+        return too_small(self, ("max_videos", "max_decode"), at_least=0)
 
 
 def build_report(cfg: ReportConfig) -> Path:
