@@ -94,7 +94,7 @@ def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, ali
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "aliases": tuple(aliases),
             "positional": positional, "ignored": ignored, "metavar": metavar}
     if default is REQUIRED:
-        return field(metadata={**meta, "required": True})
+        return field(metadata=meta)  # no default: the dataclass argument is required too
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
