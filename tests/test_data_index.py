@@ -17,7 +17,9 @@ from train_utils import free_port, subprocess_env
 from wfvae.data import index as index_mod
 from wfvae.data.index import build_index, scan_folder, store_path
 from wfvae.data.index_store import IndexStore, make_row, row_info
+from wfvae.data.synthetic import make_synthetic_video
 from wfvae.data.video_probe import VideoInfo
+from wfvae.data.video_write import write_video
 
 
 def test_probing_is_shared_across_two_gloo_ranks(messy_dir, tmp_path):
@@ -116,3 +118,65 @@ def test_unwritable_cache_still_indexes(video_dir, tmp_path, caplog):
     assert stats["probed"] == 4 and all(e.info is not None for e in entries)
     assert "cannot use the index cache" in caplog.text
     assert store_path(video_dir, blocker / "cache").name.endswith(".sqlite")
+
+
+def _answers(entries):
+    return [(e.path, e.info, e.error) for e in entries]
+
+
+def test_rescan_probes_exactly_the_changed_files_and_matches_a_cold_probe(messy_dir, tmp_path, monkeypatch):
+    """Changed size, changed mtime only, removed, added, a new bad file: only those are probed, and the
+    result (entries and stored rows) equals a cold probe of the final tree."""
+    root = copy_tree(messy_dir, tmp_path / "data")
+    cache = tmp_path / "cache"
+    build_index(root, cache_dir=cache, num_workers=1)
+    files = [rel for rel, _, _ in scan_folder(root)[0]]
+    good = [e.path for e in build_index(root, cache_dir=cache)[0] if e.info is not None]
+    resized, touched, removed = good[0], good[1], files[-1]
+    write_video(root / resized, make_synthetic_video(5, 32, 40, seed=3))  # new content in place
+    st = os.stat(root / touched)
+    os.utime(root / touched, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # same bytes, 1 ns newer
+    (root / removed).unlink()
+    os.link(root / good[2], root / "added.mp4")
+    (root / "sub" / "bad_new.mkv").parent.mkdir(exist_ok=True)
+    (root / "sub" / "bad_new.mkv").write_bytes(b"not a video")
+
+    real_probe, probed = index_mod._probe_one, []
+    monkeypatch.setattr(index_mod, "_probe_one", lambda p: probed.append(os.path.relpath(p, root)) or real_probe(p))
+    entries, stats = build_index(root, cache_dir=cache, num_workers=2)
+    assert sorted(probed) == sorted([resized, touched, "added.mp4", "sub/bad_new.mkv"])
+    assert stats == {"probed": 4, "cached": len(files) - 3, "trusted": 0}
+    cold, cold_stats = build_index(root, cache_dir=tmp_path / "cold_cache", num_workers=1)
+    assert cold_stats["probed"] == len(entries) and _answers(entries) == _answers(cold)
+    assert [e.path for e in entries] == sorted(e.path for e in entries)
+    assert next(e for e in entries if e.path == resized).info.frames == 5
+    with IndexStore(store_path(root, cache), str(root)) as a, IndexStore(store_path(root, tmp_path / "cold_cache"), str(root)) as b:
+        assert a.load() == b.load()  # the removed file's row is gone, nothing else differs
+    probed.clear()
+    assert _answers(build_index(root, cache_dir=cache)[0]) == _answers(cold) and probed == []
+
+
+def test_rescan_is_right_when_the_store_cannot_be_written_or_loses_rows(video_dir, tmp_path, monkeypatch, caplog):
+    """The entries do not depend on the store's fast path: a store that refuses writes, or whose rows
+    vanish under us (another process pruning), still gives the cold probe's answers."""
+    root = copy_tree(video_dir, tmp_path / "data")
+    cache = tmp_path / "cache"
+    build_index(root, cache_dir=cache)
+    changed = scan_folder(root)[0][0][0]  # not the last file: that one's row vanishes below
+    write_video(root / changed, make_synthetic_video(7, 32, 48, seed=5))
+    cold = _answers(build_index(root, cache_dir=tmp_path / "cold")[0])
+
+    def refuse(self, rows):
+        raise sqlite3.OperationalError("database is locked")
+
+    with monkeypatch.context() as m:
+        m.setattr(IndexStore, "put", refuse)
+        entries, stats = build_index(root, cache_dir=cache)
+    assert stats["probed"] == 1 and _answers(entries) == cold
+    assert "could not write the index cache" in caplog.text
+
+    real_rows = IndexStore.rows
+    monkeypatch.setattr(IndexStore, "rows", lambda self: list(real_rows(self))[:-1])  # the last row vanished
+    entries, stats = build_index(root, cache_dir=cache)
+    assert stats["probed"] == 1 and _answers(entries) == cold  # the changed file, then the vanished one
+    assert "vanished" in caplog.text

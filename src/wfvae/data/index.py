@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import math
 import os
 import sqlite3
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from operator import attrgetter, itemgetter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -102,29 +104,27 @@ def scan_folder(root: str | os.PathLike, include_images: bool = False) -> tuple[
         with it:
             for entry in it:
                 name = entry.name
-                if name.startswith("."):
+                if name[0] == ".":
                     continue
+                dot = name.rfind(".")
+                video = dot > 0 and name[dot:].lower() in exts
                 try:
-                    if entry.is_dir():
+                    # a video file: is_file() reads the listing's file type (no system call unless a link)
+                    # and stat() is the one call per file, for the stamp
+                    if video and entry.is_file():
+                        st = entry.stat()
+                        found.append((prefix + name, st.st_size, st.st_mtime_ns))
+                    elif entry.is_dir():  # (also a folder named like a video, e.g. "clips.mp4/")
                         real = os.path.realpath(entry.path)
                         if real not in seen_dirs:
                             seen_dirs.add(real)
                             stack.append((f"{prefix}{name}/", entry.path))
-                        continue
-                    dot = name.rfind(".")
-                    if dot <= 0 or name[dot:].lower() not in exts:
-                        continue
-                    if not entry.is_file():
-                        if entry.is_symlink() and not os.path.exists(entry.path):  # reported, not dropped
-                            target = os.readlink(entry.path)
-                            errors.append((prefix + name, f"dangling symbolic link (its target {target} does not exist)"))
-                        continue
-                    st = entry.stat()
+                    elif video and entry.is_symlink() and not os.path.exists(entry.path):  # reported, not dropped
+                        target = os.readlink(entry.path)
+                        errors.append((prefix + name, f"dangling symbolic link (its target {target} does not exist)"))
                 except OSError as e:
                     errors.append((prefix + name, f"cannot stat ({e.strerror or e})"))
-                    continue
-                found.append((prefix + name, st.st_size, st.st_mtime_ns))
-    found.sort(key=lambda item: item[0])
+    found.sort(key=itemgetter(0))
     return found, errors
 
 
@@ -240,63 +240,149 @@ def _distributed() -> _Ranks | None:
 class _Plan:
     """What rank 0 found: files in order, what the store or the manifest already knows, what needs probing."""
 
+    root: str  # the folder keys are relative to
     keys: list[str]
-    records: dict[str, Row]  # from the store, then new probe results
-    trusted: dict[str, VideoInfo]  # manifest rows taken as written
     todo: list[tuple[str, str, int, int]]  # (key, absolute path, size, mtime_ns)
     bad: list[IndexEntry]
     rows: dict[str, ManifestRow]
-    stale: list[str]
+    trusted: dict[str, VideoInfo]  # manifest rows taken as written
+    stale: list[str]  # store rows of files that are gone
+    # Valid store rows by key, for manifests; None for a folder: its entries are streamed from the
+    # store, in key order, once the probe results are in (see _entries_from_store)
+    cached: dict[str, Row] | None
+    new: dict[str, Row] = dataclasses.field(default_factory=dict)  # this run's probe results
 
 
-def _plan(source: Path, include_images: bool, verify: bool, cached: dict[str, Row]) -> _Plan:
+def _list_manifest(source: Path, root: Path, include_images: bool, bad: list[IndexEntry],
+                   rows: dict[str, ManifestRow]) -> list[tuple[str, int, int]]:
+    manifest: Manifest = read_manifest(source)
+    bad += [IndexEntry(label, error=reason) for label, reason in manifest.bad]
+    listed: list[tuple[str, int, int]] = []
+    for row in manifest.rows:
+        if is_image_path(row.path) and not include_images:
+            bad.append(IndexEntry(row.path, error="still image; images are used only with include_images"))
+            continue
+        full = os.path.join(root, row.path)
+        try:
+            st = os.stat(full)
+        except FileNotFoundError:
+            bad.append(IndexEntry(row.path, error=f"file does not exist (manifest row {row.row})"))
+            continue
+        except OSError as e:
+            bad.append(IndexEntry(row.path, error=f"cannot stat ({e.strerror or e}) (manifest row {row.row})"))
+            continue
+        if not os.path.isfile(full):
+            bad.append(IndexEntry(row.path, error=f"not a file (manifest row {row.row})"))
+            continue
+        rows[row.path] = row
+        listed.append((row.path, st.st_size, st.st_mtime_ns))
+    return listed
+
+
+def _plan(source: Path, include_images: bool, verify: bool, store: IndexStore | None) -> _Plan:
+    """Scan (or read the manifest) and compare each file's (size, mtime_ns) stamp with the store's."""
     root = source_root(source)
+    root_str = str(root)
     bad: list[IndexEntry] = []
     rows: dict[str, ManifestRow] = {}
-    if is_manifest(source) and not source.is_dir():
-        manifest: Manifest = read_manifest(source)
-        bad += [IndexEntry(label, error=reason) for label, reason in manifest.bad]
-        listed: list[tuple[str, int, int]] = []
-        for row in manifest.rows:
-            if is_image_path(row.path) and not include_images:
-                bad.append(IndexEntry(row.path, error="still image; images are used only with include_images"))
-                continue
-            full = os.path.join(root, row.path)
-            try:
-                st = os.stat(full)
-            except FileNotFoundError:
-                bad.append(IndexEntry(row.path, error=f"file does not exist (manifest row {row.row})"))
-                continue
-            except OSError as e:
-                bad.append(IndexEntry(row.path, error=f"cannot stat ({e.strerror or e}) (manifest row {row.row})"))
-                continue
-            if not os.path.isfile(full):
-                bad.append(IndexEntry(row.path, error=f"not a file (manifest row {row.row})"))
-                continue
-            rows[row.path] = row
-            listed.append((row.path, st.st_size, st.st_mtime_ns))
-    else:
+    if not (is_manifest(source) and not source.is_dir()):
+        # A folder: (path, size, mtime_ns) tuples sorted by path, against the store's in key order.
+        # Nothing changed (the usual start) is one list comparison in C; otherwise set differences.
+        # No per-file Python work here beyond the scan itself.
         listed, errors = scan_folder(source, include_images)
         bad += [IndexEntry(rel, error=reason) for rel, reason in errors]
+        keys = list(map(itemgetter(0), listed))
+        stamps = _store_read(store, IndexStore.stamps, [])
+        if stamps == listed:
+            todo, stale = [], []
+        else:
+            known = set(stamps)
+            todo = [(key, os.path.join(root_str, key), size, mtime)
+                    for key, size, mtime in itertools.filterfalse(known.__contains__, listed)]
+            stale = sorted(set(map(itemgetter(0), stamps)).difference(keys))
+        return _Plan(root_str, keys, todo, bad, rows, {}, stale, None)
 
+    listed = _list_manifest(source, root, include_images, bad, rows)
+    cached = _store_read(store, IndexStore.load, {})
     keys = [key for key, _, _ in listed]
     records: dict[str, Row] = {}
     trusted: dict[str, VideoInfo] = {}
     todo: list[tuple[str, str, int, int]] = []
-    root_str = str(root)
     for key, size, mtime in listed:
-        if rows:
-            row = rows.get(key)
-            if row is not None and row.trusted and not verify:
-                trusted[key] = _trusted_info(row)
-                continue
+        row = rows[key]
+        if row.trusted and not verify:
+            trusted[key] = _trusted_info(row)
+            continue
         old = cached.get(key)
         if old is not None and old[1] == size and old[2] == mtime:
             records[key] = old
         else:
             todo.append((key, os.path.join(root_str, key), size, mtime))
     stale = [key for key in cached.keys() - set(keys)] if len(cached) != len(records) else []
-    return _Plan(keys, records, trusted, todo, bad, rows, stale)
+    return _Plan(root_str, keys, todo, bad, rows, trusted, stale, records)
+
+
+def _store_read(store: IndexStore | None, method, default):
+    if store is None:
+        return default
+    try:
+        return method(store)
+    except sqlite3.Error as e:
+        logger.warning("ignoring unreadable index cache %s (%s)", store.path, e)
+        return default
+
+
+def _entry(row: Row) -> IndexEntry:
+    info = row_info(row)
+    return IndexEntry(row[0], info) if info is not None else IndexEntry(row[0], None, row[-1] or "unknown error")
+
+
+def _entries_from_store(store: IndexStore | None, plan: _Plan, complete: bool, workers: int) -> list[IndexEntry]:
+    """A folder's entries in ``plan.keys`` order: the store's rows streamed in key order, one
+    :class:`IndexEntry` each. ``complete``: every probe result of this run reached the store.
+
+    The store's key order equals the scan's (UTF-8 byte order is code point order), and nobody
+    else writes rows for other files, so the streamed entries normally match ``plan.keys`` as
+    they come. When they do not (the store could not be written or read, another process wrote
+    or pruned rows meanwhile), entries are matched by key, this run's own probe results win, and
+    a file with no row anywhere is probed now.
+    """
+    entries: list[IndexEntry] = []
+    if store is not None:
+        try:
+            entries = list(map(_entry, store.rows()))
+        except sqlite3.Error as e:
+            logger.warning("could not read back the index cache %s (%s)", store.path, e)
+            entries = []
+    if complete and len(entries) == len(plan.keys) and list(map(_path_of, entries)) == plan.keys:
+        return entries
+    by_key = {entry.path: entry for entry in entries}
+    by_key.update((key, _entry(row)) for key, row in plan.new.items())
+    missing = [key for key in plan.keys if key not in by_key]
+    if missing:
+        logger.warning("%d index rows vanished while indexing (another process pruned them?); probing those again",
+                       len(missing))
+        for key, (info, error) in zip(missing, _probe_many([os.path.join(plan.root, k) for k in missing], workers)):
+            by_key[key] = IndexEntry(key, info, error)
+    return [by_key[key] for key in plan.keys]
+
+
+_path_of = attrgetter("path")
+
+
+def _manifest_entries(plan: _Plan, verify: bool) -> list[IndexEntry]:
+    """A manifest's entries in row order: trusted values, stored rows, this run's probe results."""
+    entries: list[IndexEntry] = []
+    for key in plan.keys:
+        row = plan.new.get(key) or plan.cached.get(key)
+        if row is None:
+            entries.append(IndexEntry(key, plan.trusted[key]))
+            continue
+        entry = _entry(row)
+        if verify and entry.info is not None:
+            entry.mismatch = _disagreement(plan.rows[key], entry.info)
+        entries.append(entry)
+    return entries
 
 
 def _probe_many(paths: list[str], workers: int) -> list[tuple[VideoInfo | None, str | None]]:
@@ -315,16 +401,15 @@ def _open_store(source: Path, cache_dir) -> IndexStore | None:
         return None
 
 
-def _store_put(store: IndexStore | None, rows: list[Row]) -> IndexStore | None:
-    if store is None or not rows:
-        return store
+def _store_put(store: IndexStore | None, rows: list[Row]) -> bool:
+    """Write rows; False (after a warning) when the store refuses them: the caller stops writing
+    but may still read what the store held before."""
     try:
         store.put(rows)
     except sqlite3.Error as e:
-        logger.warning("could not write the index cache %s (%s); continuing without it", store.path, e)
-        store.close()
-        return None
-    return store
+        logger.warning("could not write the index cache %s (%s); continuing without writing to it", store.path, e)
+        return False
+    return True
 
 
 def build_index(
@@ -375,13 +460,7 @@ def build_index(
                 kind = "manifest" if is_manifest(source) else "video folder"
                 raise FileNotFoundError(f"{kind} not found: {source}")
             store = _open_store(source, cache_dir)
-            cached = {}
-            if store is not None:
-                try:
-                    cached = store.load()
-                except sqlite3.Error as e:
-                    logger.warning("ignoring unreadable index cache %s (%s)", store.path, e)
-            plan = _plan(source, include_images, verify, cached)
+            plan = _plan(source, include_images, verify, store)
         except Exception as e:
             if ranks is None:
                 if store is not None:
@@ -399,6 +478,7 @@ def build_index(
         todo = plan.todo
 
     # Probe in rounds; each round's results are stored before the next starts.
+    writable = store is not None
     per_round = _BATCH * (ranks.world if ranks else 1)
     bar = tqdm(total=len(todo), desc="probing videos", unit="file", disable=not (show_progress and is_main))
     try:
@@ -413,13 +493,15 @@ def build_index(
                 results = [None] * len(chunk)
                 for r, part in enumerate(parts):
                     results[r :: ranks.world] = part
-            new_rows = []
-            for (key, _, size, mtime), (info, error) in zip(chunk, results, strict=True):
-                row = make_row(key, size, mtime, info, error)
-                plan.records[key] = row
-                new_rows.append(row)
-            store = _store_put(store, new_rows)
+            new_rows = [make_row(key, size, mtime, info, error)
+                        for (key, _, size, mtime), (info, error) in zip(chunk, results, strict=True)]
+            plan.new.update(zip(map(itemgetter(0), new_rows), new_rows))
+            writable = writable and _store_put(store, new_rows)
             bar.update(len(chunk))
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
     finally:
         bar.close()
 
@@ -427,35 +509,25 @@ def build_index(
         entries, stats = ranks.broadcast(None)
         return entries, stats
 
-    if store is not None:
-        try:
-            if plan.stale:
+    try:
+        if writable and plan.stale:
+            try:
                 store.delete(plan.stale)
-        except sqlite3.Error as e:
-            logger.warning("could not prune the index cache %s (%s)", store.path, e)
-        store.close()
+            except sqlite3.Error as e:
+                logger.warning("could not prune the index cache %s (%s)", store.path, e)
+        if plan.cached is None:  # a folder: stream the store's rows
+            entries = _entries_from_store(store, plan, writable, workers)
+        else:
+            entries = _manifest_entries(plan, verify)
+    finally:
+        if store is not None:
+            store.close()
 
-    entries: list[IndexEntry] = []
-    mismatches = 0
-    records, trusted = plan.records, plan.trusted
-    for key in plan.keys:
-        row = records.get(key)
-        if row is None:
-            entries.append(IndexEntry(key, trusted[key]))
-            continue
-        info = row_info(row)
-        if info is None:
-            entries.append(IndexEntry(key, None, row[-1] or "unknown error"))
-            continue
-        entry = IndexEntry(key, info)
-        if verify and key in plan.rows:
-            entry.mismatch = _disagreement(plan.rows[key], info)
-            mismatches += entry.mismatch is not None
-        entries.append(entry)
     entries += plan.bad
-    stats = {"probed": len(todo), "cached": len(plan.keys) - len(todo) - len(trusted), "trusted": len(trusted)}
+    trusted = len(plan.trusted)
+    stats = {"probed": len(todo), "cached": len(plan.keys) - len(todo) - trusted, "trusted": trusted}
     if verify:
-        stats["mismatched"] = mismatches
+        stats["mismatched"] = sum(e.mismatch is not None for e in entries)
     logger.info(
         "indexed %d files of %s (%d probed, %d from cache, %d trusted from the manifest)",
         len(plan.keys), source, stats["probed"], stats["cached"], stats["trusted"],

@@ -7,8 +7,9 @@ Why SQLite (from Python's standard library, so no new dependency):
   interrupted cold probe keeps every batch committed before the interruption;
 * in WAL mode any number of processes read while one writes, and a second writer waits for the
   lock (``busy_timeout``) instead of corrupting the file;
-* a warm start reads the whole table with one query (~0.1 s for 100,000 rows), and the file is
-  compact (about 100 bytes per video).
+* a warm start compares the folder's (path, size, mtime_ns) list with the table's, read in key
+  order by one query, in a single C-level list comparison, then streams the rows once to build
+  the entries; the file is compact (about 70 bytes per video).
 
 JSON Lines or one JSON file would need a full rewrite (or unbounded appends and compaction) and
 a home-made lock; LMDB or DuckDB would be new dependencies for no gain at this size. WAL needs
@@ -50,16 +51,17 @@ assert _COLUMNS[3:] == ("frames", "fps", "width", "height", "rotation", "codec",
 # A row, as stored and as returned by IndexStore.load:
 # (path, size, mtime_ns, <the VideoInfo fields in their declared order>, error)
 Row = tuple
-_N_INFO = len(_INFO_FIELDS)
+_NO_INFO = (None,) * len(_INFO_FIELDS)
 
 
 def make_row(path: str, size: int, mtime_ns: int, info: VideoInfo | None, error: str | None) -> Row:
-    """A store row for one file: its stamp and its probe result or the reason it is bad."""
+    """A store row for one file: its stamp and its probe result or the reason it is bad.
+    Written out field by field (``dataclasses.astuple`` deep-copies: ~0.1 ms a row)."""
     if info is None:
-        return (path, size, mtime_ns, *((None,) * _N_INFO), error)
-    values = dataclasses.astuple(info)
-    return (path, size, mtime_ns, *(int(v) if name in _BOOL_FIELDS else v for name, v in zip(_INFO_FIELDS, values)),
-            None)
+        return (path, size, mtime_ns, *_NO_INFO, error)
+    return (path, size, mtime_ns, info.frames, info.fps, info.width, info.height, info.rotation, info.codec,
+            info.pix_fmt, info.header_frames, int(info.constant_rate), info.start_pts, info.pts_step,
+            int(info.is_image), None)
 
 
 def row_info(row: Row) -> VideoInfo | None:
@@ -125,8 +127,15 @@ class IndexStore:
 
     def load(self) -> dict[str, Row]:
         """Every row (see :func:`make_row`), keyed by path."""
-        rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM files").fetchall()
-        return {row[0]: row for row in rows}
+        return {row[0]: row for row in self.rows()}
+
+    def stamps(self) -> list[tuple[str, int, int]]:
+        """``(path, size, mtime_ns)`` of every row, ordered by path (the table's own order: no sort)."""
+        return self._db.execute("SELECT path, size, mtime_ns FROM files ORDER BY path").fetchall()
+
+    def rows(self) -> Iterable[Row]:
+        """Every row (see :func:`make_row`), ordered by path, streamed: no list of all rows is built."""
+        return self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM files ORDER BY path")
 
     def put(self, rows: Iterable[Row]) -> int:
         """Insert or replace rows (see :func:`make_row`) in one transaction; returns how many."""
