@@ -66,7 +66,7 @@ def child(mode: str, args: argparse.Namespace) -> dict:
 
     imported = time.perf_counter() - t_import
     root = Path(args.workdir) / ("cold" if mode == "cold" else "tree")
-    cache = Path(args.workdir) / ("cache_cold" if mode == "cold" else "cache")
+    cache = Path(args.workdir) / ("cache_cold" if mode == "cold" else args.cache_name)
     out = {"mode": mode, "import_s": imported, "load_before": os.getloadavg()}
     rss0 = rss_mb()
     c0 = time.process_time()
@@ -88,12 +88,17 @@ def child(mode: str, args: argparse.Namespace) -> dict:
     return out
 
 
-def run_child(mode: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--_child", mode, "--workdir", args.workdir, "--size", str(args.size)]
+def run_child(mode: str, args: argparse.Namespace, baseline: bool = False) -> dict:
+    """One measurement in a fresh process; ``baseline``: with ``--baseline_src``'s code and its own cache."""
+    cmd = [sys.executable, __file__, "--_child", mode, "--workdir", args.workdir, "--size", str(args.size),
+           "--cache_name", "cache_baseline" if baseline else "cache"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    env = dict(os.environ)
+    if baseline:
+        env["PYTHONPATH"] = os.path.abspath(args.baseline_src)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"child {mode} failed:\n{proc.stderr[-4000:]}")
@@ -158,7 +163,13 @@ def main(argv=None) -> int:
     p.add_argument("--populate", choices=["links", "probe"], default="links")
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed)")
     p.add_argument("--json", default=None, help="write all numbers here")
+    p.add_argument("--baseline_src", default=None,
+                   help="another checkout's src/ folder: its build_index is measured too, alternating with this one "
+                        "(warm start and changed files), each with its own copy of the cache")
+    p.add_argument("--changed_rounds", type=int, default=2, help="rounds of changing files (per code version)")
+    p.add_argument("--rounds", type=int, default=3, help="warm-start runs (per code version)")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--cache_name", default="cache", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     # a kill (SIGTERM) still runs the clean-up of the scratch folders below
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -203,12 +214,19 @@ def main(argv=None) -> int:
             results["populate_probe"] = full
             print(f"full index probed: {full['seconds']:.1f}s ({full['seconds'] / args.num_files:.4f} s/file)")
 
-        warm = [run_child("index", args) for _ in range(3)]
-        results["warm"] = warm
-        assert all(w["stats"]["probed"] == 0 for w in warm), [w["stats"] for w in warm]
-        print("warm start (build_index): " + ", ".join(f"{w['seconds']:.2f}s (cpu {w['cpu_s']:.2f}s)" for w in warm)
-              + f"; imports {warm[0]['import_s']:.2f}s; interpreter start {results['interpreter_start_s']:.2f}s; "
-              f"rss growth {warm[0]['rss_growth_mb']:.0f} MB")
+        versions = [False, True] if args.baseline_src else [False]
+        if args.baseline_src:
+            shutil.copytree(work / "cache", work / "cache_baseline")
+        name = {False: "this", True: "baseline"}
+        for r in range(args.rounds):  # alternating, so both see the same load
+            for baseline in versions if r % 2 == 0 else versions[::-1]:
+                w = run_child("index", args, baseline)
+                assert w["stats"]["probed"] == 0, w["stats"]
+                results.setdefault("warm" if not baseline else "warm_baseline", []).append(w)
+                print(f"warm start (build_index, {name[baseline]}): {w['seconds']:.2f}s (cpu {w['cpu_s']:.2f}s; "
+                      f"imports {w['import_s']:.2f}s; rss growth {w['rss_growth_mb']:.0f} MB; "
+                      f"load {w['load_before'][0]:.1f})")
+        print(f"interpreter start {results['interpreter_start_s']:.2f}s")
         ds = run_child("dataset", args)
         results["warm_dataset"] = ds
         print(f"warm start (VideoFolderDataset): {ds['seconds']:.2f}s (cpu {ds['cpu_s']:.2f}s), "
@@ -217,15 +235,18 @@ def main(argv=None) -> int:
         rng = random.Random(0)
         n_changed = int(round(args.num_files * args.changed_fraction))
         by_ext = {c.suffix: c for c in clips}
-        for path in rng.sample(tree_paths, n_changed):
-            path.unlink()
-            shutil.copyfile(by_ext[path.suffix], path)  # a new inode with a new mtime: the stamp changes
-        changed = run_child("index", args)
-        results["changed"] = changed
+        for r in range(args.changed_rounds):
+            for path in rng.sample(tree_paths, n_changed):
+                path.unlink()
+                shutil.copyfile(by_ext[path.suffix], path)  # a new inode with a new mtime: the stamp changes
+            for baseline in versions if r % 2 == 0 else versions[::-1]:
+                changed = run_child("index", args, baseline)
+                results.setdefault("changed" if not baseline else "changed_baseline", []).append(changed)
+                assert changed["stats"]["probed"] == n_changed, changed["stats"]
+                print(f"{n_changed} changed ({name[baseline]}): {changed['seconds']:.2f}s (cpu {changed['cpu_s']:.2f}s; "
+                      f"load {changed['load_before'][0]:.1f}; {changed['stats']})")
         results["changed_files"] = n_changed
-        assert changed["stats"]["probed"] == n_changed, changed["stats"]
-        print(f"{n_changed} changed: {changed['seconds']:.2f}s (cpu {changed['cpu_s']:.2f}s; {changed['stats']})")
-        results["store_mb"] = sum(f.stat().st_size for f in (work / "cache").iterdir()) / 2**20
+        results["store_mb"] = sum(f.stat().st_size for f in (work / "cache").glob("*.sqlite")) / 2**20
         print(f"store on disk: {results['store_mb']:.1f} MB; load now {os.getloadavg()}")
         results["load_end"] = os.getloadavg()
     finally:

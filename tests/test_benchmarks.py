@@ -84,10 +84,14 @@ def test_bench_ssim_agrees_with_skimage(tmp_path):
 
 def test_bench_index_runs_and_cleans_up(tmp_path):
     out = tmp_path / "index.json"
-    proc = _run("bench_index.py", tmp_path, "--num_files", "400", "--cold_files", "40", "--json", str(out))
+    src = REPO / "src"  # this checkout as its own baseline: the A/B path runs
+    proc = _run("bench_index.py", tmp_path, "--num_files", "400", "--cold_files", "40", "--json", str(out),
+                "--rounds", "1", "--changed_rounds", "1", "--baseline_src", str(src))
     result = json.loads(out.read_text())
-    assert result["changed"]["stats"] == {"probed": 4, "cached": 396, "trusted": 0}
-    assert all(w["stats"]["cached"] == 400 for w in result["warm"]) and result["warm_dataset"]["videos"] == 400
+    for key in ("changed", "changed_baseline"):
+        assert [c["stats"] for c in result[key]] == [{"probed": 4, "cached": 396, "trusted": 0}]
+    assert [w["stats"]["cached"] for w in result["warm"] + result["warm_baseline"]] == [400, 400]
+    assert result["warm_dataset"]["videos"] == 400
     assert result["cold"]["stats"]["probed"] == 40 and "cold probe" in proc.stdout
 
 

@@ -153,17 +153,21 @@ def _tamper(lat: Path, **fields) -> None:
         records = json.loads(part.read_text())
         records[0].update(fields)
         part.write_text(json.dumps(records))
+    for part in lat.glob("index-r*.jsonl"):  # per-rank JSON Lines
+        records = [json.loads(line) for line in part.read_text().splitlines()]
+        records[0].update(fields)
+        part.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def _damaged_latents(kind: str) -> Callable:
     def setup(w, tmp):
         lat = _copy_latents(w, tmp)
         if kind == "index_garbage":
-            for part in [lat / "index.json", *lat.glob("index-r*.json")]:
-                part.write_text("{ not json")
+            for part in [lat / "index.json", *lat.glob("index-r*.json*")]:
+                part.write_text("{ not json\n")
         elif kind == "index_not_records":
-            for part in [lat / "index.json", *lat.glob("index-r*.json")]:
-                part.write_text(json.dumps({"videos": 2}))
+            for part in [lat / "index.json", *lat.glob("index-r*.json*")]:
+                part.write_text(json.dumps({"videos": 2}) + "\n")
         elif kind == "missing_shard":
             for shard in lat.glob("shard-*.safetensors"):
                 shard.unlink()

@@ -11,7 +11,7 @@ from wfvae.cli import main as cli
 from wfvae.data.synthetic import make_synthetic_video
 from wfvae.data.video_read import read_video
 from wfvae.data.video_write import write_video
-from wfvae.inference.latents import LatentStatsConfig, latent_stats, load_latents
+from wfvae.inference.latents import LatentStatsConfig, latent_stats, load_latents, read_index
 from wfvae.models import build_model
 
 ROOT = Path(__file__).parents[1]
@@ -99,6 +99,10 @@ def _tamper_index(lat: Path, **fields) -> None:
         records = json.loads(part.read_text())
         records[0].update(fields)
         part.write_text(json.dumps(records))
+    for part in lat.glob("index-r*.jsonl"):
+        records = [json.loads(line) for line in part.read_text().splitlines()]
+        records[0].update(fields)
+        part.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 @pytest.mark.parametrize("source", ["../escaped.mp4", "/ABS/escaped.mp4", "a/../../escaped.mp4", "..\\escaped.mp4"])
@@ -149,3 +153,32 @@ def test_safe_join_accepts_nested_names_and_refuses_escapes(tmp_path):
     for bad in ["", "..", "a/../../b", "/etc/passwd", "C:\\x.mp4", "\\\\server\\share\\x", "a\x00b", "."]:
         with pytest.raises(UnsafePathError):
             safe_join(tmp_path, bad)
+
+
+def test_older_json_index_and_a_torn_line_are_read_and_resumed(setup, tmp_path, capsys):
+    """A folder an older version wrote (whole-file index-r0.json), plus the torn first append of a newer
+    version killed after upgrading: both read, the fragment is cut away, the rerun adds only the new video."""
+    base, model_dir, videos = setup
+    out = tmp_path / "lat"
+    assert _encode(setup, out, "--shard_size", "2") == 0
+    part = out / "index-r0.jsonl"
+    records = [json.loads(line) for line in part.read_text().splitlines()]
+    assert len(records) == 3 and part.read_text().count("\n") == 3  # one line per video
+    (out / "index-r0.json").write_text(json.dumps(records, indent=1))  # as the older version left it
+    with open(out / "wfvae-outputs-r0.txt", "a") as f:  # which it had published (claimed) as its output
+        f.write("index-r0.json\n")
+    part.write_bytes(b'{"key": "v0000003r0", "shard": "shard-r0-000')  # killed inside its first append
+    assert [r["source"] for r in read_index(out)] == ["a/c0.mp4", "a/c1.mp4", "b/c2.mp4"]
+    capsys.readouterr()
+    write_video(videos / "b" / "new.mp4", make_synthetic_video(10, 32, 40, seed=9), fps=12)
+    try:
+        assert _encode(setup, out, "--shard_size", "2") == 0
+        assert "encoded 1 videos (3 already done)" in capsys.readouterr().out
+    finally:
+        (videos / "b" / "new.mp4").unlink()
+    appended = [json.loads(line) for line in part.read_text().splitlines()]  # no fragment left
+    assert [r["source"] for r in appended] == ["b/new.mp4"] and appended[0]["key"] not in {r["key"] for r in records}
+    merged = json.loads((out / "index.json").read_text())
+    assert [r["source"] for r in merged] == ["a/c0.mp4", "a/c1.mp4", "b/c2.mp4", "b/new.mp4"] == [
+        r["source"] for r in read_index(out)]
+    assert latent_stats(LatentStatsConfig(latents=str(out)))["videos"] == 4  # every record's tensor is there

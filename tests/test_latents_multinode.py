@@ -46,31 +46,38 @@ def test_encode_two_ranks_killed_midway_then_resumed(tmp_path):
     encode = ["encode", "--video_path", manifest, "--ckpt", tmp_path / "model", "--out", out, "--num_frames", "9",
               "--resolution", "32", "--device", "cpu", "--shard_size", "1", "--cache_dir", tmp_path / "cache"]
 
-    # Rank 1 is killed (SIGKILL, no clean-up) right after its second shard is on disk.
+    # Rank 1 is killed (SIGKILL, no clean-up) in the middle of appending its second shard's record:
+    # the shard is on disk, half of its index line is.
     script = tmp_path / "encode_with_fault.py"
     script.write_text(textwrap.dedent("""
-        import os, signal, sys
+        import json, os, signal, sys
         from wfvae.inference import latents
 
         rank = int(os.environ["RANK"])
         kill_after = int(os.environ.get("KILL_RANK1_AFTER_SHARDS", "0"))
-        written = []
-        real = latents._publish_bytes
+        appended = []
+        real = latents._RankIndex.append
 
-        def watched(folder, rel, data):  # the test's fault: rank 1 dies right after writing its N-th shard
-            real(folder, rel, data)
-            if rank == 1 and kill_after and str(rel).endswith(".safetensors"):
-                written.append(rel)
-                if len(written) == kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
+        def torn(self, records):  # the test's fault: rank 1 dies half way through its N-th index append
+            appended.append(records)
+            if rank == 1 and kill_after and len(appended) == kill_after:
+                data = "".join(json.dumps(r) + "\\n" for r in records).encode()
+                with open(self.path, "ab") as f:
+                    f.write(data[: len(data) // 2])
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(self, records)
 
-        latents._publish_bytes = watched
+        latents._RankIndex.append = torn
         sys.exit(latents.main(sys.argv[1:]))
     """))
     first = _torchrun(script, tmp_path, *encode, KILL_RANK1_AFTER_SHARDS="2")
     assert first.returncode != 0, "the killed run should fail"
+    assert not (out / "index-r1.jsonl").read_bytes().endswith(b"\n")  # the fault happened: a torn last line
     partial = read_index(out)
     assert 0 < len(partial) < N_VIDEOS, [r["source"] for r in partial]
+    assert len([r for r in partial if "-r1-" in r["shard"]]) == 1  # the torn record is not one
 
     second = _torchrun(script, tmp_path, *encode)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -79,6 +86,9 @@ def test_encode_two_ranks_killed_midway_then_resumed(tmp_path):
     assert sorted(sources) == sorted(f"data/g{i % 3}/v{i}.mp4" for i in range(N_VIDEOS))  # no gaps, no duplicates
     assert {r["key"] for r in partial} <= {r["key"] for r in records}  # finished work was kept, not redone
     assert {r["shard"].split("-")[1] for r in records} == {"r0", "r1"}  # both ranks wrote shards
+    assert sorted(records, key=lambda r: r["source"]) == read_index(out)
+    for part in out.glob("index-r*.jsonl"):  # the torn fragment was cut away before appending again
+        assert all(json.loads(line) for line in part.read_text().splitlines())
     for r in records:
         with safe_open(str(out / r["shard"]), framework="pt") as f:
             assert f.get_tensor(f"{r['key']}.mean").shape[0] == TINY_WFVAE["latent_dim"]

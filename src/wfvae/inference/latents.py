@@ -11,13 +11,15 @@ Layout of a latents folder::
 
     latents/
       shard-r0-00000.safetensors   # tensors "<key>.mean" (and "<key>.sample" with --sample), float32
-      index-r0.json                # one record per video written by rank 0 (see ``LatentRecord``)
+      index-r0.jsonl               # one line (record) per video written by rank 0 (see ``LatentRecord``)
       index.json                   # all records, merged at the end of a run
 
-Encoding is resumable: videos already listed in any ``index-r*.json`` are skipped, and each shard
-is written (atomically) before its records are added to the index, so an interruption loses at
-most one unfinished shard. ``wfvae-manifest.json`` records the checkpoint and the settings; a
-rerun with other settings stops and names the differences (``--overwrite`` starts again).
+Encoding is resumable: videos already listed in any per-rank index are skipped, and each shard is
+written (atomically) before its records are appended (and fsynced) to the rank's index, so an
+interruption loses at most one unfinished shard; a record line cut short by a kill is dropped on
+reading and truncated away by the next run. Each shard appends only its own records (older
+versions rewrote a whole ``index-r<N>.json`` per shard; such folders are still read and resumed).
+``wfvae-manifest.json`` records the checkpoint and the settings; a rerun with other settings stops and names the differences (``--overwrite`` starts again).
 Decoding resumes the same way (see :mod:`wfvae.utils.output_folder`); its output names are
 checked to stay inside ``--out`` whatever the index says, and two sources that differ only by
 extension (``a.mp4``, ``a.mkv``) keep it in their names (``a.mp4.mp4``, ``a.mkv.mp4``). ``--apply_scale_shift`` stores ``(z - shift) * scale`` with the
@@ -125,21 +127,52 @@ class LatentStatsConfig:
     json: str | None = option(None, "Write the statistics here.")
 
 
+def _check_records(path: Path, records) -> list[dict]:
+    if not isinstance(records, list) or not all(isinstance(r, dict) and all(k in r for k in _RECORD_KEYS)
+                                                 for r in records):
+        raise InputError(f"{path} is not a latents index written by `wfvae encode` (records with "
+                         f"{', '.join(_RECORD_KEYS)}); encode the folder again")
+    return records
+
+
 def _read_records(path: Path) -> list[dict]:
+    """A whole-file JSON index: ``index.json``, or a per-rank ``index-r<N>.json`` of older versions."""
     try:
         records = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path} is not a readable latents index ({e}); encode the folder again with "
                          "`wfvae encode --overwrite`") from e
-    if not isinstance(records, list) or not all(isinstance(r, dict) and all(k in r for k in _RECORD_KEYS)
-                                                 for r in records):
-        raise InputError(f"{path} is not a latents index written by `wfvae encode` (a list of records with "
-                         f"{', '.join(_RECORD_KEYS)}); encode the folder again")
-    return records
+    return _check_records(path, records)
+
+
+def _read_jsonl(path: Path) -> tuple[list[dict], int]:
+    """A per-rank JSON Lines index: (records, byte length of its complete lines).
+
+    A last line without its newline is an append cut short by a kill: it is not a record (its
+    shard then has no complete record set and is re-encoded), and the writer truncates it away
+    before appending again. A damaged complete line is an error.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"{path} is not a readable latents index ({e}); encode the folder again with "
+                         "`wfvae encode --overwrite`") from e
+    complete = data.rfind(b"\n") + 1
+    records = []
+    for number, line in enumerate(data[:complete].splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"{path} is not a readable latents index (line {number}: {e}); encode the folder "
+                             "again with `wfvae encode --overwrite`") from e
+    return _check_records(path, records), complete
 
 
 def read_index(latents_dir: Path) -> list[dict]:
-    """All records of a latents folder (from the per-rank index files).
+    """All records of a latents folder: the per-rank indexes (``index-r<N>.jsonl``, and the
+    ``index-r<N>.json`` files older versions wrote), else the merged ``index.json``.
 
     Raises:
         InputError: an index file is unreadable or not a list of records.
@@ -148,10 +181,42 @@ def read_index(latents_dir: Path) -> list[dict]:
     records = []
     for part in sorted(latents_dir.glob("index-r*.json")):
         records.extend(_read_records(part))
+    for part in sorted(latents_dir.glob("index-r*.jsonl")):
+        records.extend(_read_jsonl(part)[0])
     if not records and (latents_dir / "index.json").is_file():
         records = _read_records(latents_dir / "index.json")
     return sorted(records, key=lambda r: str(r["source"]))
 
+
+class _RankIndex:
+    """This rank's records, appended to ``index-r<rank>.jsonl``: one fsynced append per shard, so
+    writing N records costs O(N) in all (the whole-file ``index-r<rank>.json`` of older versions
+    was rewritten at every shard: O(N^2)). Records of an older ``.json`` index stay valid and are
+    read alongside."""
+
+    def __init__(self, folder: OutputFolder, rank: int) -> None:
+        self.folder = folder
+        self.name = f"index-r{rank}.jsonl"
+        self.path = folder.root / self.name
+        old = folder.root / f"index-r{rank}.json"
+        self.records = _read_records(old) if old.is_file() else []
+        self._claimed = False
+        if self.path.is_file():
+            records, complete = _read_jsonl(self.path)
+            self.records += records
+            if complete < self.path.stat().st_size:  # a kill cut the last append short: drop the fragment
+                os.truncate(self.path, complete)
+
+    def append(self, records: list[dict]) -> None:
+        if not self._claimed:  # listed as this folder's output (for --overwrite and the foreign check)
+            self.folder.claim(self.name)
+            self._claimed = True
+        data = "".join(json.dumps(r) + "\n" for r in records).encode()
+        with open(self.path, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        self.records.extend(records)
 
 def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=1) + "\n").encode()
@@ -225,22 +290,22 @@ def encode_folder(cfg: EncodeConfig) -> dict:
         }, rank=env.rank, output_option="--out")
         _prepare_on_rank0(folder, overwrite, env)
         if not overwrite and env.is_main:
-            folder.check_no_foreign(p.name for p in [*out_dir.glob("index*.json"), *out_dir.glob("shard-r*.safetensors")])
+            folder.check_no_foreign(p.name for p in [*out_dir.glob("index*.json"), *out_dir.glob("index-r*.jsonl"),
+                                                     *out_dir.glob("shard-r*.safetensors")])
         done = {r["source"] for r in read_index(out_dir)}
         # sources are relative names: a manifest row outside the manifest's folder is named by its absolute
         # path without the leading "/" (as reconstruct names its outputs), so decode can place it under --out
         sources = [output_key(v.path) for v in dataset.videos]
         barrier(env)  # every rank has read the index before anyone appends to it
         todo = [i for i in range(len(dataset)) if sources[i] not in done][env.rank :: env.world_size]
-        index_name = f"index-r{env.rank}.json"
-        records = _read_records(out_dir / index_name) if (out_dir / index_name).is_file() else []
-        referenced = {r["shard"] for r in records}
+        index = _RankIndex(folder, env.rank)
+        referenced = {r["shard"] for r in index.records}
         for orphan in out_dir.glob(f"shard-r{env.rank}-*.safetensors"):  # written, then killed before the index
             if orphan.name not in referenced:
                 orphan.unlink()
         existing = sorted(out_dir.glob(f"shard-r{env.rank}-*.safetensors"))
         shard_no = int(existing[-1].stem.rsplit("-", 1)[1]) + 1 if existing else 0
-        next_key = len(records)
+        next_key = len(index.records)
         generator = torch.Generator(device=env.device).manual_seed(seed + env.rank)
         chash = config_hash(model.config)
         scale = shift = None
@@ -248,10 +313,9 @@ def encode_folder(cfg: EncodeConfig) -> dict:
         pending_records: list[LatentRecord] = []
 
         def write_shard(name: str, tensors: dict, new_records: list[dict]) -> None:
-            """Runs on the writer thread: the shard first, then the index that points at it."""
+            """Runs on the writer thread: the shard first, then the index records that point at it."""
             _publish_bytes(folder, name, save(tensors))
-            records.extend(new_records)
-            _publish_bytes(folder, index_name, _json_bytes(records))
+            index.append(new_records)
 
         failed = []
         loader = torch.utils.data.DataLoader(DecodedItems(dataset, todo), batch_size=None,
@@ -438,7 +502,7 @@ def latent_stats(cfg: LatentStatsConfig) -> dict:
             n = total
         videos += 1
     if videos == 0:
-        raise InputError(f"--latents {latents}: no latents found (expected index-r*.json written by `wfvae encode`)")
+        raise InputError(f"--latents {latents}: no latents found (expected index-r*.jsonl written by `wfvae encode`)")
     std = (m2 / n).sqrt()
     if applied != {False}:
         logger.warning("some latents already had scale/shift applied; statistics describe the stored values")
