@@ -30,7 +30,14 @@ from wfvae.downloads import parse_hub_id
 from wfvae.errors import ConfigError
 from wfvae.formats import VIDEO_EXTENSIONS, is_video_path
 from wfvae.models import MODEL_NAMES
-from wfvae.options import DeviceOptions, OfflineOptions, ResizeOptions, build_parser, option, parse_config
+from wfvae.options import (
+    DeviceOptions,
+    OfflineOptions,
+    ResizeOptions,
+    build_parser,
+    option,
+    parse_config,
+)
 from wfvae.training.metrics_logger import import_tensorboard_writer, parse_report_to
 
 __all__ = ["DISC_CLASS_ALIASES", "TrainConfig", "build_train_parser", "parse_train_config"]
@@ -88,6 +95,16 @@ class TrainConfig(DeviceOptions, OfflineOptions, ResizeOptions):
         False, "Recompute each ResNet, attention and up/down-sampling block of the generator in the backward pass "
         "instead of keeping its activations (less memory, about one extra forward pass of time; gradients are "
         "unchanged, also under --mix_precision bf16).")
+    fsdp_param_dtype: Literal["fp32", "bf16"] = option(
+        "fp32", "With --fsdp: dtype in which the sharded parameters are gathered and used in forward and backward "
+        "(FSDP2 MixedPrecisionPolicy). bf16 halves the all-gather traffic and the gathered weights; gradients are "
+        "still reduced in fp32 and the optimizer keeps fp32 shards. Needs --mix_precision bf16.")
+    cudnn_benchmark: bool = option(
+        True, "CUDA: let cuDNN time its convolution algorithms once per input shape and keep the fastest (the "
+        "training clip size is fixed, so the search is paid once). --cudnn_benchmark false turns it off.")
+    allow_tf32: bool = option(
+        False, "CUDA, Ampere or newer: run float32 matmuls in TF32 (faster, about 3 significant digits in the "
+        "products). Off by default, as in PyTorch; matters for fp32 training, not for the bf16 autocast layers.")
 
     # ---- data -------------------------------------------------------------------------------------
     video_path: str | None = option(None, "Folder searched recursively for training videos, or a manifest "
@@ -232,6 +249,9 @@ class TrainConfig(DeviceOptions, OfflineOptions, ResizeOptions):
             # torch's GradScaler cannot unscale a mix of sharded (DTensor) and replicated gradients, and each
             # rank would only see the infs of its own shard.
             errors.append("--fsdp does not support --mix_precision fp16 (GradScaler); use bf16 or fp32.")
+        if self.fsdp_param_dtype != "fp32" and not (self.fsdp and self.mix_precision == "bf16"):
+            # bf16 parameters would meet fp32 activations and buffers (the wavelet filters) outside autocast
+            errors.append(f"--fsdp_param_dtype {self.fsdp_param_dtype} needs --fsdp and --mix_precision bf16.")
         if self.enable_tiling:
             errors.append("--enable_tiling does nothing in training: spatial tiling applies to encode/decode at "
                           "inference, while the training forward pass runs whole frames. Remove the flag; to save "

@@ -36,6 +36,7 @@ from wfvae.models import MODEL_CLASSES, VideoAutoencoder, load_model
 from wfvae.models.base import read_config
 from wfvae.models.loading import resolve_pretrained
 from wfvae.networks.lpips import find_lpips_backbone, load_lpips
+from wfvae.runtime import decoder_threads
 from wfvae.training.ema import EMA
 
 logger = logging.getLogger(__name__)
@@ -212,7 +213,8 @@ def build_train_data(cfg: TrainConfig, env: DistEnv) -> tuple[VideoFolderDataset
     # Every rank probes a share of the new files; rank 0 stores them and shares the merged index.
     dataset = VideoFolderDataset(cfg.video_path, num_frames=cfg.num_frames, sample_rate=cfg.sample_rate,
                                  resolution=cfg.resolution, train=True, seed=cfg.seed, across_ranks=env.distributed,
-                                 resize=cfg.resize, random_crop=cfg.random_crop)
+                                 resize=cfg.resize, random_crop=cfg.random_crop,
+                                 decoder_threads=decoder_threads(cfg.dataset_num_worker, env.local_world_size))
     sampler = ResumableDistributedSampler(len(dataset), num_replicas=env.world_size, rank=env.rank,
                                           shuffle=True, seed=cfg.seed, drop_last=True)
     if sampler.num_samples // cfg.batch_size < 1:
@@ -241,13 +243,15 @@ def build_val_loader(cfg: TrainConfig, env: DistEnv, device: torch.device) -> Da
     --eval_video_path."""
     if not cfg.eval_video_path:
         return None
+    workers = min(cfg.dataset_num_worker, 2)
     ds = VideoFolderDataset(cfg.eval_video_path, num_frames=cfg.eval_num_frames, sample_rate=cfg.eval_sample_rate,
                             resolution=cfg.eval_resolution, crop_size=cfg.eval_resolution, train=False, seed=cfg.seed,
-                            across_ranks=env.distributed, resize=cfg.resize)
+                            across_ranks=env.distributed, resize=cfg.resize,
+                            decoder_threads=decoder_threads(workers, env.local_world_size))
     n = len(ds) if cfg.eval_subset_size == 0 else min(len(ds), cfg.eval_subset_size)
     shard = list(range(n))[env.rank::env.world_size]  # no padding, so no video is counted twice
     return DataLoader(Subset(ds, shard), batch_size=cfg.eval_batch_size, shuffle=False,
-                      num_workers=min(cfg.dataset_num_worker, 2), pin_memory=device.type == "cuda",
+                      num_workers=workers, pin_memory=device.type == "cuda",
                       generator=torch.Generator().manual_seed(cfg.seed))
 
 

@@ -13,9 +13,10 @@ How to use (the trainer does this)::
 
 What ``--fsdp`` shards (FSDP2, ``torch.distributed.fsdp.fully_shard``; works with gloo on CPU and nccl on GPU):
 every ResNet and attention block is its own unit, so only one block's parameters are gathered at a time; the
-root unit holds the remaining convs (in/out, up/down-sampling, wavelet connections). Parameters stay fp32 and
-gradients are reduced in fp32 (no FSDP ``MixedPrecisionPolicy``); ``--mix_precision bf16`` works through the
-same ``torch.autocast`` region as under DDP, so both paths compute the same thing. fp16 is rejected by
+root unit holds the remaining convs (in/out, up/down-sampling, wavelet connections). By default parameters stay
+fp32 and ``--mix_precision bf16`` works through the same ``torch.autocast`` region as under DDP, so both paths
+compute the same thing. ``--fsdp_param_dtype bf16`` adds an FSDP ``MixedPrecisionPolicy``: parameters are
+gathered in bf16 (half the all-gather traffic), gradients are still reduced in fp32. fp16 is rejected by
 ``TrainConfig.validate``: ``GradScaler.unscale_`` fails on a mix of DTensor and plain gradients ("got mixed
 torch.Tensor and DTensor"), and each rank's scaler would only see the infs of its own shard.
 
@@ -81,11 +82,17 @@ def replicated_generator_params(model: nn.Module, fsdp: bool) -> list[nn.Paramet
     raise ValueError("model.get_last_layer() is not a parameter of the model")
 
 
-def wrap_generator(model: nn.Module, env: DistEnv, *, fsdp: bool, find_unused_parameters: bool = False) -> nn.Module:
+def wrap_generator(model: nn.Module, env: DistEnv, *, fsdp: bool, find_unused_parameters: bool = False,
+                   param_dtype: torch.dtype | None = None) -> nn.Module:
     """The module to call for training forward passes.
 
     Without a process group: ``model`` itself. DDP: a wrapper (``model`` stays a plain module). FSDP: ``model``
     sharded in place (its parameters become DTensors; it is also what to call).
+
+    Args:
+        param_dtype: FSDP only: gather parameters in this dtype for forward and backward
+            (``MixedPrecisionPolicy(param_dtype, reduce_dtype=float32)``); None keeps them fp32. The shards the
+            optimizer updates stay fp32 either way, and the replicated last layer is not cast.
     """
     if not env.distributed:
         if fsdp:
@@ -97,25 +104,28 @@ def wrap_generator(model: nn.Module, env: DistEnv, *, fsdp: bool, find_unused_pa
                    find_unused_parameters=find_unused_parameters, broadcast_buffers=False)
 
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     # Our loss never modifies the model's output in place, which is what this FSDP2 warning is about (the
     # decoder returns a slice of its last activation).
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     mesh = init_device_mesh(env.device.type, (env.world_size,))
     units = [m for m in model.modules() if isinstance(m, model.shard_units)]
+    # reduce_dtype fp32: gradients are averaged over ranks in fp32 whatever dtype they were computed in
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for unit in units:  # blocks do not nest, so order does not matter; children must precede the root
-        fully_shard(unit, mesh=mesh)
+        fully_shard(unit, mesh=mesh, mp_policy=policy)
     replicated = set(replicated_generator_params(model, fsdp=True))
     # reshard_after_forward=True also for the root (FSDP2 otherwise keeps the root's parameters gathered after
     # a forward until the next backward): forwards without backward (discriminator steps, validation) would
     # leave them gathered, and EMA, checkpointing and the optimizer expect shards.
-    fully_shard(model, mesh=mesh, ignored_params=replicated, reshard_after_forward=True)
+    fully_shard(model, mesh=mesh, ignored_params=replicated, reshard_after_forward=True, mp_policy=policy)
     in_units = sum(p.numel() for u in units for p in u.parameters())
     total = sum(p.numel() for p in model.parameters())
     logger.info("FSDP: generator sharded over %d ranks in %d block units + root (%.0f%% of the parameters in "
-                "blocks); %d replicated parameter tensors (the decoder's last layer)", env.world_size, len(units),
-                100.0 * in_units / max(total, 1), len(replicated))
+                "blocks); %d replicated parameter tensors (the decoder's last layer); parameters gathered in %s, "
+                "gradients reduced in float32", env.world_size, len(units), 100.0 * in_units / max(total, 1),
+                len(replicated), str(param_dtype or torch.float32).removeprefix("torch."))
     return model
 
 

@@ -61,6 +61,7 @@ from wfvae.distributed import (
     init_distributed,
 )
 from wfvae.errors import CheckpointError, ConfigError, MissingWeightsError
+from wfvae.runtime import configure_backends, resolve_precision
 from wfvae.training import builders
 from wfvae.training.builders import PRECISIONS, preflight, seed_everything
 from wfvae.training.checkpoint import (
@@ -136,7 +137,9 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, env: DistEnv):
         self.cfg, self.env, self.device = cfg, env, env.device
-        self.amp_dtype = PRECISIONS[cfg.mix_precision]
+        # bf16 autocast needs an Ampere or newer GPU: older ones fall back to fp32 with a warning
+        self.amp_dtype = PRECISIONS[resolve_precision(cfg.mix_precision, self.device)]
+        configure_backends(self.device, benchmark=cfg.cudnn_benchmark, allow_tf32=cfg.allow_tf32)
         self.run_dir = cfg.run_dir
         self.metrics: MetricsLogger | None = None  # the main process's tracker
         self.stop = StopRequest()  # this process's signal
@@ -158,7 +161,8 @@ class Trainer:
         # (``gen_replicated_params``), which _apply_update all-reduces. The discriminator is not wrapped either
         # way: it runs twice per step (real, fake) and is frozen in generator steps, which DDP's hooks do not
         # handle; its gradients are all-reduced explicitly instead.
-        self.model_fwd = wrap_generator(self.model, env, fsdp=cfg.fsdp, find_unused_parameters=cfg.find_unused_parameters)
+        self.model_fwd = wrap_generator(self.model, env, fsdp=cfg.fsdp, find_unused_parameters=cfg.find_unused_parameters,
+                                        param_dtype=PRECISIONS[cfg.fsdp_param_dtype])
         self.fsdp = cfg.fsdp and env.distributed
         self.gen_replicated_params = replicated_generator_params(self.model, self.fsdp)
         self.opts = builders.build_optimizers(cfg, self.model, self.loss_fn, self.device)
