@@ -14,6 +14,7 @@ import torch
 from wfvae.data.synthetic import make_synthetic_video
 from wfvae.data.video_read import read_video
 from wfvae.data.video_write import write_video
+from wfvae.errors import run_command
 from wfvae.inference.reconstruct import main as reconstruct_main
 from wfvae.models import build_model
 
@@ -95,3 +96,23 @@ def test_gen_video_then_eval_scripts(tiny_model_dir, clips, tmp_path):
     values = dict(re.findall(r"^(psnr|ssim): ([-\d.]+)$", res.stdout, flags=re.M))
     assert set(values) == {"psnr", "ssim"}, res.stdout
     assert 0 < float(values["psnr"]) < 100 and 0 < float(values["ssim"]) <= 1
+
+
+def test_dtype_bf16_runs_bf16_math_on_cpu_and_fp16_is_refused(tiny_model_dir, clips, tmp_path, capsys):
+    """--dtype bf16 autocasts on CPU too (it used to run fp32 there silently): the lossless output differs
+    from the fp32 one by bf16 rounding only. fp16 has no CPU kernels: exit 2 with the alternative."""
+    outputs = {}
+    for dtype in ("fp32", "bf16"):
+        out = tmp_path / dtype
+        assert reconstruct_main(["--real_video_dir", str(clips / "a"), "--generated_video_dir", str(out),
+                                 "--ckpt", str(tiny_model_dir), "--num_frames", "9", "--resolution", "32",
+                                 "--format", "mkv", "--device", "cpu", "--dtype", dtype]) == 0
+        outputs[dtype] = read_video(out / "clip.mkv").astype(np.float64)
+    diff = np.abs(outputs["bf16"] - outputs["fp32"])
+    assert diff.max() > 0, "bf16 produced the fp32 result bit for bit: no bf16 math ran"
+    assert diff.mean() < 2.0, diff.mean()  # a few 8-bit levels at most: rounding, not a different model
+    capsys.readouterr()
+    assert run_command("wfvae reconstruct", reconstruct_main, [
+        "--real_video_dir", str(clips / "a"), "--generated_video_dir", str(tmp_path / "f16"), "--ckpt",
+        str(tiny_model_dir), "--num_frames", "9", "--resolution", "32", "--device", "cpu", "--dtype", "fp16"]) == 2
+    assert "--dtype fp16 runs on CUDA only" in capsys.readouterr().err

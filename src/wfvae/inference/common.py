@@ -117,6 +117,7 @@ class DecodedItems(torch.utils.data.Dataset):
 
 
 def inference_autocast(device: torch.device, dtype: str):
-    """Autocast to ``dtype`` (a :data:`DTYPES` name) on CUDA; CPU always computes in fp32 (a no-op there)."""
+    """Autocast to ``dtype`` (a :data:`DTYPES` name) on ``device``; fp32 is a no-op. bf16 works on CUDA and CPU
+    (the caller refuses fp16 on CPU)."""
     autocast_dtype = DTYPES[dtype]
-    return torch.autocast(device.type, dtype=autocast_dtype, enabled=device.type == "cuda" and autocast_dtype != torch.float32)
+    return torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from wfvae.data.manifest import is_manifest, output_key
-from wfvae.errors import InputError, OutputError
+from wfvae.errors import ConfigError, InputError, OutputError
 from wfvae.formats import OUTPUT_FORMATS
 from wfvae.inference.common import (
     DecodedItems,
@@ -94,7 +94,8 @@ class ReconstructConfig(ModelOptions, ClipOptions, ResizeOptions, EncodeChunkOpt
                                  f"OUT/{ORIGIN_DIR}/.")
     decode_chunk_size: int | None = option(None, "Decode this many latent frames at a time; exact.")
     dtype: Literal["fp32", "bf16", "fp16"] = option(
-        "fp32", "Autocast precision on CUDA (fp32 math is always used on CPU).")
+        "fp32", "Autocast precision (weights stay fp32): bf16 runs on CUDA and on CPUs (fast where the CPU has bf16 "
+        "instructions, see benchmarks/RESULTS.md), fp16 on CUDA only.")
     sample_fps: float = option(24.0, "Frame rate written into the output videos.")
     metrics: list[str] = option([], "Comma list of psnr,ssim,lpips, measured on the in-memory tensors (before the "
                                 "codec).")
@@ -186,6 +187,9 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
                      "--generated_video_dir")
     env = init_distributed(cfg.device)
     try:
+        if cfg.dtype == "fp16" and env.device.type != "cuda":
+            raise ConfigError(f"--dtype fp16 runs on CUDA only (the device is {env.device}); on a CPU use --dtype bf16 "
+                              "or fp32")
         model = load_for_inference(cfg.ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=env.device,
                                    offline=cfg.offline or None)
         if src.is_file() and not is_manifest(src):

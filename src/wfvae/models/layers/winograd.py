@@ -45,13 +45,15 @@ def supports(conv: torch.nn.Conv2d | torch.nn.Conv3d) -> bool:
 
 
 def applies(x: torch.Tensor, kernel_t: int) -> bool:
-    """Whether a call with input ``x`` runs here: CPU float32/float64 without gradients, large enough.
+    """Whether a call with input ``x`` runs here: CPU float32/float64 without gradients or autocast, large enough.
 
     Each call transforms the weights (16 values per (out, in, time tap)) and its GEMMs have one
     row per 2x2 output tile, so small calls (a few frames of 8x8 or 16x16 pixels) run slower than
     oneDNN's direct kernel; those keep it.
     """
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.is_grad_enabled():
+        return False
+    if torch.is_autocast_enabled("cpu"):  # bf16 autocast: oneDNN's low-precision kernels, not float32 GEMMs
         return False
     frames = x.shape[2] - kernel_t + 1 if x.dim() == 5 else 1
     return frames * x.shape[-2] * x.shape[-1] * x.shape[0] >= MIN_OUTPUT_PIXELS
