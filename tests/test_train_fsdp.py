@@ -4,6 +4,7 @@ across DDP <-> FSDP, and one FSDP step equal to one DDP step from the same check
     A: FSDP from scratch, 2 steps (G with the adaptive GAN weight, then D; validation and EMA on) -> ckpt 2
     B: DDP  resumed from A's ckpt 2, one generator step -> ckpt 3
     C: FSDP resumed from A's ckpt 2, the same generator step -> ckpt 3   (B and C must agree)
+    A and C run with --gradient_checkpointing, B and D without: recomputing blocks must not change a step.
     D: FSDP resumed from B's (DDP-written) ckpt 3, one discriminator step -> ckpt 4
 """
 
@@ -64,7 +65,9 @@ def test_fsdp_two_processes_save_resume_under_ddp_and_match_ddp(tmp_path):
     data = make_data(tmp_path / "data")
 
     # A: fresh FSDP run; step 1 also validates (an FSDP forward on every rank, including the EMA weights).
-    first = _torchrun(data, tmp_path / "a", fsdp=True, max_steps=2, save_ckpt_step=2, eval_steps=2)
+    # (with gradient checkpointing: blocks recomputed in the backward pass, FSDP re-gathering their shards)
+    first = _torchrun(data, tmp_path / "a", fsdp=True, max_steps=2, save_ckpt_step=2, eval_steps=2,
+                      gradient_checkpointing=True)
     assert "FSDP: generator sharded over 2 ranks" in first.stderr
     run_a = run_dir(tmp_path / "a")
     ckpt_a_path = run_a / "checkpoint-2.ckpt"
@@ -83,7 +86,8 @@ def test_fsdp_two_processes_save_resume_under_ddp_and_match_ddp(tmp_path):
     resume = {"resume_from_checkpoint": ckpt_a_path, "max_steps": 3, "save_ckpt_step": 3, "eval_steps": 1000}
     ddp = _torchrun(data, tmp_path / "b", **resume)
     assert "resumed from" in ddp.stderr and "FSDP" not in ddp.stderr
-    fsdp = _torchrun(data, tmp_path / "c", fsdp=True, **resume)
+    # C also recomputes its blocks (gradient checkpointing): the step must still equal B's plain DDP step
+    fsdp = _torchrun(data, tmp_path / "c", fsdp=True, gradient_checkpointing=True, **resume)
     assert "resumed from" in fsdp.stderr and "FSDP: generator sharded over 2 ranks" in fsdp.stderr
     ckpt_b = load_ckpt(run_dir(tmp_path / "b") / "checkpoint-3.ckpt")
     ckpt_c = load_ckpt(run_dir(tmp_path / "c") / "checkpoint-3.ckpt")
