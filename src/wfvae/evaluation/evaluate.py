@@ -42,6 +42,7 @@ from wfvae.evaluation import metrics as M
 from wfvae.evaluation.fvd import load_i3d
 from wfvae.evaluation.loading import PairDataset
 from wfvae.evaluation.pairing import pair_videos
+from wfvae.evaluation.registry import METRICS, PER_VIDEO_METRICS, Networks
 from wfvae.evaluation.scoring import FvdFeatures, dataset_values, score_pairs
 from wfvae.layout import ORIGIN_DIR
 from wfvae.networks.lpips import load_lpips
@@ -65,7 +66,6 @@ from wfvae.utils.logging import setup_logging
 logger = logging.getLogger(__name__)
 
 #: Metrics this module computes, in output order.
-METRICS = ("psnr", "ssim", "lpips", "fvd")
 
 
 @dataclass(kw_only=True)
@@ -168,10 +168,11 @@ def evaluate_folders(
         raise InputError(f"FVD needs at least 2 videos per set (a covariance), got {len(pairs)}")
 
     # Load networks before decoding anything, so a missing weight file fails immediately.
-    if "lpips" in wanted and lpips_model is None:
+    needs = {METRICS[name].needs for name in wanted}
+    if "lpips" in needs and lpips_model is None:
         lpips_model = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=cfg.device, offline=cfg.offline or None)
     fvd = None
-    if "fvd" in wanted:
+    if "i3d" in needs:
         if fvd_extractor is None:
             fvd_extractor = load_i3d(cfg.fvd_variant, cfg.fvd_weights, device=cfg.device, offline=cfg.offline or None)
         fvd = FvdFeatures(fvd_extractor, cfg.batch_size)
@@ -185,7 +186,7 @@ def evaluate_folders(
         loader = tqdm(loader, total=len(pairs), desc="evaluate", disable=not sys.stdout.isatty())
 
     started = time.perf_counter()
-    per_video = score_pairs(loader, wanted, device, lpips_model, fvd)
+    per_video = score_pairs(loader, wanted, device, Networks(lpips=lpips_model), fvd)
     elapsed = time.perf_counter() - started
     files = {k: (r, g) for k, r, g in pairs}
     for row in per_video:
@@ -211,7 +212,7 @@ def evaluate_folders(
 
 def format_results(result: dict[str, Any]) -> str:
     """The CLI's stdout: a per-video table, then one ``name: value`` line per metric, then notes."""
-    names = [m for m in ("psnr", "ssim", "lpips") if m in result["dataset"]]
+    names = [m for m in PER_VIDEO_METRICS if m in result["dataset"]]
     lines: list[str] = []
     if names:
         width = max(12, *(len(r["path"]) for r in result["per_video"]))

@@ -41,8 +41,8 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from wfvae.downloads import REMOTE_FILES, fetch_file
 from wfvae.errors import CheckpointError, MissingWeightsError

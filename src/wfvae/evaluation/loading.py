@@ -14,12 +14,19 @@ lossless files compare exactly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from wfvae.data.transforms import clip_indices, crop_offsets, resize_crop, resized_size, to_model_tensor
+from wfvae.data.transforms import (
+    clip_indices,
+    crop_offsets,
+    resize_crop,
+    resized_size,
+    to_model_tensor,
+)
 from wfvae.data.video_read import read_video
 from wfvae.errors import InputError, UserError
 

@@ -14,8 +14,8 @@ inside, are skipped. Any video without a partner is an error that lists them. Ei
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from wfvae.data.manifest import is_manifest, output_key, read_manifest
 from wfvae.errors import InputError

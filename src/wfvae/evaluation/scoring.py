@@ -3,16 +3,18 @@
 How to use::
 
     fvd = FvdFeatures(extractor, batch_size=4) if "fvd" in wanted else None
-    rows = score_pairs(loader, wanted, device, lpips_model, fvd)     # [{"path": key, "psnr": ..., ...}]
+    rows = score_pairs(loader, wanted, device, Networks(lpips=lpips_model), fvd)  # [{"path": key, "psnr": ...}]
     dataset, notes, capped = dataset_values(rows, wanted, fvd)
 
-PSNR, SSIM and LPIPS are computed per video (over all its frames) and averaged over videos. FVD is one
-Frechet distance between the I3D feature sets of all real and all generated videos.
+Per-video metrics (the registry's ``per_video`` entries: PSNR, SSIM, LPIPS) are computed over all frames of a
+video and averaged over videos. FVD is one Frechet distance between the I3D feature sets of all real and all
+generated videos.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ import torch
 from wfvae.errors import InputError
 from wfvae.evaluation import metrics as M
 from wfvae.evaluation.fvd import fvd_from_features
+from wfvae.evaluation.registry import METRICS, PER_VIDEO_METRICS, Networks
 
 __all__ = ["FvdFeatures", "dataset_values", "score_pairs"]
 
@@ -53,13 +56,14 @@ class FvdFeatures:
 
 
 def score_pairs(loader: Iterable[dict[str, Any]], wanted: list[str], device: torch.device,
-                lpips_model: torch.nn.Module | None, fvd: FvdFeatures | None) -> list[dict[str, Any]]:
+                nets: Networks, fvd: FvdFeatures | None) -> list[dict[str, Any]]:
     """One row per pair of ``loader`` (items of :class:`~wfvae.evaluation.loading.PairDataset`).
 
     Raises:
         InputError: a pair could not be loaded (the item carries the reason).
     """
     rows: list[dict[str, Any]] = []
+    per_video = [name for name in PER_VIDEO_METRICS if name in wanted]
     for item in loader:
         key = item["key"]
         if "error" in item:
@@ -68,12 +72,8 @@ def score_pairs(loader: Iterable[dict[str, Any]], wanted: list[str], device: tor
         real = item["real"].unsqueeze(0).to(device, non_blocking=True)
         generated = item["generated"].unsqueeze(0).to(device, non_blocking=True)
         row: dict[str, Any] = {"path": key}
-        if "psnr" in wanted:
-            row["psnr"] = float(M.psnr(real, generated)[0])
-        if "ssim" in wanted:
-            row["ssim"] = float(M.ssim(real, generated)[0])
-        if "lpips" in wanted:
-            row["lpips"] = float(M.lpips(real, generated, lpips_model)[0])
+        for name in per_video:
+            row[name] = float(METRICS[name].per_video(real, generated, nets)[0])
         if fvd is not None:
             fvd.add(real[0].cpu(), generated[0].cpu())
         rows.append(row)
@@ -87,7 +87,7 @@ def dataset_values(rows: list[dict[str, Any]], wanted: list[str],
     """``(dataset values, notes for the reader, videos whose PSNR hit the cap)``."""
     dataset: dict[str, float] = {}
     notes: list[str] = []
-    for name in ("psnr", "ssim", "lpips"):
+    for name in PER_VIDEO_METRICS:
         if name in wanted:
             dataset[name] = float(np.mean([row[name] for row in rows]))
     capped = 0

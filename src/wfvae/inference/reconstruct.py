@@ -42,6 +42,7 @@ import torch
 
 from wfvae.data.manifest import is_manifest, output_key
 from wfvae.errors import ConfigError, InputError, OutputError
+from wfvae.evaluation.registry import METRICS, PER_VIDEO_METRICS, Networks
 from wfvae.formats import OUTPUT_FORMATS
 from wfvae.inference.common import (
     DecodedItems,
@@ -53,6 +54,7 @@ from wfvae.inference.common import (
     write_output,
 )
 from wfvae.layout import ORIGIN_DIR, RECONSTRUCT_METRICS
+from wfvae.networks.lpips import load_lpips
 from wfvae.options import (
     REQUIRED,
     ClipOptions,
@@ -72,13 +74,17 @@ from wfvae.options import (
 )
 from wfvae.utils.io import atomic_write_bytes
 from wfvae.utils.logging import setup_logging
-from wfvae.utils.output_folder import OutputFolder, check_not_nested, collision_free_stems
+from wfvae.utils.output_folder import (
+    OutputFolder,
+    check_not_nested,
+    collision_free_stems,
+)
 from wfvae.utils.writer import BackgroundWriter
 
 logger = logging.getLogger(__name__)
 
-#: Metrics ``--metrics`` computes on the in-memory tensors.
-IN_MEMORY_METRICS = ("psnr", "ssim", "lpips")
+#: Metrics ``--metrics`` computes on the in-memory tensors: every per-video metric of the registry.
+IN_MEMORY_METRICS = PER_VIDEO_METRICS
 
 
 @dataclass(kw_only=True)
@@ -97,7 +103,7 @@ class ReconstructConfig(ModelOptions, ClipOptions, ResizeOptions, EncodeChunkOpt
         "fp32", "Autocast precision (weights stay fp32): bf16 runs on CUDA and on CPUs (fast where the CPU has bf16 "
         "instructions, see benchmarks/RESULTS.md), fp16 on CUDA only.")
     sample_fps: float = option(24.0, "Frame rate written into the output videos.")
-    metrics: list[str] = option([], "Comma list of psnr,ssim,lpips, measured on the in-memory tensors (before the "
+    metrics: list[str] = option([], f"Comma list of {','.join(IN_MEMORY_METRICS)}, measured on the in-memory tensors (before the "
                                 "codec).")
     json: str | None = option(None, f"Write per-video metrics here (default OUT/{RECONSTRUCT_METRICS} when "
                               "--metrics is set).")
@@ -125,7 +131,13 @@ class _SingleFile:
     """The one-file case, shaped like the folder dataset (same resize/crop/normalisation)."""
 
     def __init__(self, path: Path, cfg: ReconstructConfig, temporal_factor: int):
-        from wfvae.data.transforms import clip_indices, crop_offsets, resize_crop, resized_size, to_model_tensor
+        from wfvae.data.transforms import (
+            clip_indices,
+            crop_offsets,
+            resize_crop,
+            resized_size,
+            to_model_tensor,
+        )
         from wfvae.data.video_probe import probe_video
         from wfvae.data.video_read import read_video
 
@@ -174,8 +186,13 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
     """Reconstruct every selected video; returns a summary dict (and per-video metrics if asked)."""
     from tqdm import tqdm
 
-    from wfvae.evaluation import metrics as M
-    from wfvae.distributed import all_gather_object, barrier, broadcast_object, cleanup, init_distributed
+    from wfvae.distributed import (
+        all_gather_object,
+        barrier,
+        broadcast_object,
+        cleanup,
+        init_distributed,
+    )
 
     validate(cfg)
     src = Path(cfg.real_video_dir)
@@ -241,12 +258,11 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
         todo = [i for i in mine if cfg.metrics or not all(rel in done for rel in outputs[i])]
         skipped_existing = len(mine) - len(todo)
 
-        lpips_model = None
-        if "lpips" in cfg.metrics:
-            from wfvae.networks.lpips import load_lpips
-
-            lpips_model = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=env.device,
-                                      offline=cfg.offline or None)
+        wanted = [name for name in IN_MEMORY_METRICS if name in cfg.metrics]
+        nets = Networks()
+        if any(METRICS[name].needs == "lpips" for name in wanted):
+            nets.lpips = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=env.device,
+                                    offline=cfg.offline or None)
         on_cuda = env.device.type == "cuda"
         loader = torch.utils.data.DataLoader(
             DecodedItems(dataset, todo), batch_size=None, num_workers=cfg.num_workers if len(todo) > 1 else 0,
@@ -266,12 +282,8 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
                     z = model.encode(video, chunk_size=cfg.chunk_size).mode()
                     recon = model.decode(z, chunk_size=cfg.decode_chunk_size).float().clamp(-1, 1)
                 row = {"path": names[i]}
-                if "psnr" in cfg.metrics:
-                    row["psnr"] = float(M.psnr(video, recon)[0])
-                if "ssim" in cfg.metrics:
-                    row["ssim"] = float(M.ssim(video, recon)[0])
-                if lpips_model is not None:
-                    row["lpips"] = float(M.lpips(video, recon, lpips_model)[0])
+                for name in wanted:
+                    row[name] = float(METRICS[name].per_video(video, recon, nets)[0])
                 rows.append(row)
                 if all(rel in done for rel in outputs[i]):
                     skipped_existing += 1  # computed for --metrics only

@@ -15,10 +15,13 @@ import math
 from importlib import resources
 from typing import Any
 
+from wfvae.evaluation.registry import METRICS
+
 __all__ = ["HIGHER_IS_BETTER", "HINTS", "asset", "data_uri", "esc", "fmt", "num_cell", "stats"]
 
-#: metrics where a larger value is better; every other metric (lpips, fvd, losses) is better smaller.
-HIGHER_IS_BETTER = frozenset({"psnr", "ssim"})
+#: metrics where a larger value is better (from the metric registry); everything else (lpips, fvd, losses) is
+#: better smaller.
+HIGHER_IS_BETTER = frozenset(name for name, metric in METRICS.items() if metric.higher_is_better)
 
 #: What to run to get a part the report did not find.
 HINTS = {

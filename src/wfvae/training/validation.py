@@ -22,8 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from wfvae.distributed import DistEnv, all_gather_object, all_reduce_sum_
-from wfvae.evaluation.metrics import psnr
-from wfvae.networks.lpips import lpips_video
+from wfvae.evaluation.registry import METRICS, Networks
 
 __all__ = ["side_by_side_uint8", "validate"]
 
@@ -43,7 +42,9 @@ def validate(model: nn.Module, loader: DataLoader, env: DistEnv, *, autocast: Ca
     ``pad_shape``: input shape of the throw-away forwards that keep FSDP ranks in step (see below).
     """
     device = env.device
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # psnr, lpips, count
+    names = ["psnr"] + (["lpips"] if lpips_model is not None else [])  # entries of the metric registry
+    nets = Networks(lpips=lpips_model)
+    sums = torch.zeros(len(names) + 1, dtype=torch.float64, device=device)  # one sum per metric, then the count
     videos: list[np.ndarray] = []
     start = time.perf_counter()
     num_batches = 0
@@ -53,10 +54,9 @@ def validate(model: nn.Module, loader: DataLoader, env: DistEnv, *, autocast: Ca
         with autocast():
             recon = model(video, sample_posterior=False).sample
         recon = recon.float().clamp(-1.0, 1.0)
-        sums[0] += psnr(video, recon).sum().to(sums)
-        if lpips_model is not None:
-            sums[1] += lpips_video(lpips_model, video, recon).double().sum()
-        sums[2] += video.shape[0]
+        for j, name in enumerate(names):
+            sums[j] += METRICS[name].per_video(video, recon, nets).to(sums).sum()
+        sums[-1] += video.shape[0]
         if env.is_main:
             for real, fake in zip(video, recon):
                 if len(videos) >= num_video_log:
@@ -72,8 +72,8 @@ def validate(model: nn.Module, loader: DataLoader, env: DistEnv, *, autocast: Ca
             with autocast():
                 model(dummy, sample_posterior=False)
     all_reduce_sum_(sums, env)
-    n = int(sums[2].item())
-    result = {"psnr": (sums[0] / max(n, 1)).item(), "num_videos": n, "time_s": time.perf_counter() - start}
-    if lpips_model is not None:
-        result["lpips"] = (sums[1] / max(n, 1)).item()
+    totals = sums.tolist()  # one transfer
+    n = int(totals[-1])
+    result = {name: totals[j] / max(n, 1) for j, name in enumerate(names)}
+    result.update(num_videos=n, time_s=time.perf_counter() - start)
     return result, videos
