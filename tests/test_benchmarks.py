@@ -95,6 +95,13 @@ def test_bench_index_runs_and_cleans_up(tmp_path):
     assert result["cold"]["stats"]["probed"] == 40 and "cold probe" in proc.stdout
 
 
+def test_bench_latent_index_runs_and_cleans_up(tmp_path):
+    out = tmp_path / "latent_index.json"
+    _run("bench_latent_index.py", tmp_path, "--videos", "40", "--shard_size", "8", "--json", str(out))
+    (row,) = json.loads(out.read_text())["sizes"]
+    assert row["videos"] == 40 and row["append"]["bytes"] > 0 and row["rewrite"]["bytes"] > 0
+
+
 def test_bench_train_memory_runs_and_cleans_up(tmp_path, tiny_config):
     out = tmp_path / "train_memory.json"
     _run("bench_train_memory.py", tmp_path, "--config", str(tiny_config), "--frames", "5", "--size", "32",

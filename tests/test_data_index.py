@@ -180,3 +180,21 @@ def test_rescan_is_right_when_the_store_cannot_be_written_or_loses_rows(video_di
     entries, stats = build_index(root, cache_dir=cache)
     assert stats["probed"] == 1 and _answers(entries) == cold  # the changed file, then the vanished one
     assert "vanished" in caplog.text
+
+
+def test_gc_paused_restores_the_collector():
+    import gc
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with index_mod.gc_paused():
+            assert not gc.isenabled()
+            raise RuntimeError("boom")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with index_mod.gc_paused():
+            pass
+        assert not gc.isenabled()  # it was off: it stays off
+    finally:
+        gc.enable()

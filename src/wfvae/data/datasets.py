@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from wfvae.data.index import build_index, discover_videos, source_root
+from wfvae.data.index import build_index, discover_videos, gc_paused, source_root
 from wfvae.data.manifest import is_manifest
 from wfvae.data.transforms import RESIZE_MODES, ResizeMode, clip_indices, crop_offsets, resize_crop, to_model_tensor
 from wfvae.data.video_probe import VideoInfo
@@ -211,23 +211,24 @@ class VideoFolderDataset(Dataset):
         self.videos: list[VideoEntry] = []
         self.skipped: list[tuple[str, str]] = []
         self.mismatched: list[tuple[str, str]] = []  # verify: (path, how the manifest disagrees)
-        for entry in entries:
-            if entry.mismatch is not None:
-                self.mismatched.append((entry.path, entry.mismatch))
-            reason = entry.error
-            padded = False
-            if reason is None and not entry.info.is_image and entry.info.frames < self.min_frames:
-                if short_video_policy == "pad":
-                    padded = True
+        with gc_paused():  # one VideoEntry per file: see wfvae.data.index.gc_paused
+            for entry in entries:
+                if entry.mismatch is not None:
+                    self.mismatched.append((entry.path, entry.mismatch))
+                reason = entry.error
+                padded = False
+                if reason is None and not entry.info.is_image and entry.info.frames < self.min_frames:
+                    if short_video_policy == "pad":
+                        padded = True
+                    else:
+                        reason = self._too_short_reason(entry.info)
+                if reason is not None:
+                    if strict:
+                        raise VideoDecodeError(self.root / entry.path, reason)
+                    logger.warning("skipping %s: %s", entry.path, reason)
+                    self.skipped.append((entry.path, reason))
                 else:
-                    reason = self._too_short_reason(entry.info)
-            if reason is not None:
-                if strict:
-                    raise VideoDecodeError(self.root / entry.path, reason)
-                logger.warning("skipping %s: %s", entry.path, reason)
-                self.skipped.append((entry.path, reason))
-            else:
-                self.videos.append(VideoEntry(entry.path, entry.info, padded))
+                    self.videos.append(VideoEntry(entry.path, entry.info, padded))
 
         if not self.videos:
             counts = collections.Counter(reason_kind(r) for _, r in self.skipped)
