@@ -46,7 +46,20 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
+
+import huggingface_hub
+import platformdirs
+import torch.hub
+from filelock import FileLock
+from huggingface_hub.utils import (
+    EntryNotFoundError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from tqdm.auto import tqdm
 
 from wfvae.errors import MissingWeightsError
 
@@ -92,15 +105,12 @@ def default_cache_dir() -> Path:
     env_value = os.environ.get(CACHE_ENV_VAR)
     if env_value:
         return Path(env_value).expanduser()
-    import platformdirs
 
     return platformdirs.user_cache_path("wfvae")
 
 
 def torch_hub_checkpoint_dir() -> Path:
     """Where torchvision caches its weights: ``$TORCH_HOME/hub/checkpoints`` (torch's rule)."""
-    import torch.hub
-
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
@@ -173,7 +183,7 @@ class RemoteRegistry(Mapping[str, RemoteFile]):
 def _torchvision_url(weights_enum: str, member: str, fallback: str) -> str:
     """The URL torchvision's weight API uses for a checkpoint (its own table stays the source)."""
     try:
-        import torchvision.models as tvm
+        import torchvision.models as tvm  # lazy: slow import; only when a trunk is downloaded
 
         return getattr(getattr(tvm, weights_enum), member).url
     except (ImportError, AttributeError):  # very old torchvision: the long-standing URL
@@ -258,8 +268,6 @@ class _IncompleteTransfer(OSError):
 
 def _user_agent() -> str:
     try:
-        from importlib.metadata import version
-
         return f"wfvae/{version('wfvae')}"
     except Exception:  # not installed as a distribution (PYTHONPATH checkout)
         return "wfvae"
@@ -267,8 +275,6 @@ def _user_agent() -> str:
 
 def _transfer(url: str, part: Path, label: str, progress: bool, timeout: float) -> None:
     """Append the rest of ``url`` to ``part`` (a Range request when ``part`` has bytes already)."""
-    from tqdm.auto import tqdm
-
     have = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": _user_agent()}
     if have:
@@ -342,7 +348,6 @@ def fetch_file(
         return target
     if offline_mode(offline):
         raise _offline_error(remote, target, offline)
-    from filelock import FileLock
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
@@ -420,8 +425,6 @@ def fetch_torch_hub_checkpoint(
         return target
     if offline_mode(offline):
         raise _offline_error(remote, target, offline)
-    import torch.hub
-    from filelock import FileLock
 
     match = _TORCH_HASH_IN_NAME.search(remote.filename)
     hash_prefix = match.group(1) if match else None
@@ -510,13 +513,6 @@ def hub_snapshot(
     is_offline = offline_mode(offline)
     label = f"'{repo_id}'" + (f" at revision '{revision}'" if revision else "")
 
-    import huggingface_hub
-    from huggingface_hub.utils import (
-        EntryNotFoundError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
     def snapshot(patterns: list[str]) -> Path:
         return Path(

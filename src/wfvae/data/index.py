@@ -170,7 +170,7 @@ def source_root(source: str | os.PathLike) -> Path:
 def default_cache_dir() -> Path:
     """``<platform user cache dir>/wfvae/video_index`` (e.g. ``~/.cache/wfvae/video_index``)."""
     try:
-        from platformdirs import user_cache_dir
+        from platformdirs import user_cache_dir  # lazy: keeps the probe index light to import (bench_index children)
     except ImportError:  # platformdirs is a declared dependency; this keeps odd installs working
         return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wfvae" / "video_index"
     return Path(user_cache_dir("wfvae", appauthor=False)) / "video_index"
@@ -246,7 +246,7 @@ class _Ranks:
 
 def _distributed() -> _Ranks | None:
     try:
-        import torch.distributed as dist
+        import torch.distributed as dist  # lazy: only for multi-rank runs; keeps index start-up light
     except ImportError:  # pragma: no cover - torch always has it
         return None
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

@@ -262,7 +262,7 @@ def write_manifest(file: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> P
         data = "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
     elif ext == ".parquet":
         try:
-            import pyarrow as pa
+            import pyarrow as pa  # lazy: optional extra [parquet]
             import pyarrow.parquet as pq
         except ImportError:
             raise ManifestError("writing a Parquet manifest needs pyarrow: pip install 'wfvae[parquet]'") from None

@@ -39,6 +39,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from wfvae.data.video_write import write_video
 
@@ -75,7 +76,7 @@ _FPS = 24
 
 def _data_dir() -> Path:
     try:
-        import skimage.data
+        import skimage.data  # lazy: optional extra [demo]
     except ImportError as e:
         raise ImportError("the demo dataset uses photos bundled with scikit-image: pip install wfvae[demo]") from e
     return Path(skimage.data.data_dir)
@@ -88,8 +89,6 @@ def load_photo(name: str) -> np.ndarray:
         KeyError: ``name`` is not in :data:`PHOTOS`.
         FileNotFoundError: the scikit-image install lacks the file (a stripped wheel).
     """
-    from PIL import Image
-
     if name not in PHOTOS:
         raise KeyError(f"unknown demo photo {name!r}; choose one of {sorted(PHOTOS)}")
     path = _data_dir() / PHOTOS[name]
@@ -192,8 +191,6 @@ def _prescale(photo: np.ndarray, half: float, size: int) -> tuple[np.ndarray, fl
 
     Returns the scaled photo and the scale factor applied (<= 1: photos are never enlarged).
     """
-    from PIL import Image
-
     scale = min(1.0, size / (2 * half))
     if scale >= 0.999:
         return photo, 1.0

@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from wfvae.networks.lpips import lpips_video
+
 #: PSNR reported for a video whose MSE is 0 (identical videos). PSNR is infinite there; we report
 #: this finite cap instead so means stay finite, and the evaluation output states the cap and how
 #: many videos hit it. 100 dB corresponds to MSE = 1e-10 on the [0, 1] scale, far below one
@@ -190,8 +192,6 @@ def lpips(real: torch.Tensor, recon: torch.Tensor, model: torch.nn.Module, frame
         model: from :func:`wfvae.networks.lpips.load_lpips` (its device is used).
         frame_batch: frames per forward pass; memory only.
     """
-    from wfvae.networks.lpips import lpips_video
-
     _check_pair(real, recon)
     device = next(model.parameters()).device
     # LPIPS expects [-1, 1]; compute in float32 as the network does.

@@ -37,8 +37,18 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 
+from wfvae.data.datasets import VideoFolderDataset
 from wfvae.data.manifest import is_manifest, output_key
+from wfvae.distributed import (
+    all_gather_object,
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+)
 from wfvae.errors import InputError, OutputError, UnsafePathError
 from wfvae.formats import OUTPUT_FORMATS
 from wfvae.inference.common import (
@@ -64,9 +74,14 @@ from wfvae.options import (
     too_small,
     validate,
 )
+from wfvae.utils.device import resolve_device
 from wfvae.utils.io import write_json_option
 from wfvae.utils.logging import setup_logging
-from wfvae.utils.output_folder import OutputFolder, check_not_nested, collision_free_stems
+from wfvae.utils.output_folder import (
+    OutputFolder,
+    check_not_nested,
+    collision_free_stems,
+)
 from wfvae.utils.paths import check_relative, safe_join
 from wfvae.utils.writer import BackgroundWriter
 
@@ -233,8 +248,6 @@ def _publish_bytes(folder: OutputFolder, rel: str, data: bytes) -> None:
 
 def _prepare_on_rank0(folder: OutputFolder, overwrite: bool, env) -> None:
     """``folder.prepare`` on rank 0; every rank raises its error (no rank waits at a barrier alone)."""
-    from wfvae.distributed import broadcast_object
-
     problem = None
     if env.is_main:
         try:
@@ -253,10 +266,6 @@ def encode_folder(cfg: EncodeConfig) -> dict:
     Videos are decoded by ``num_workers`` DataLoader processes (page-locked on CUDA) and shards
     are written by a background thread, so the accelerator keeps working meanwhile.
     """
-    from safetensors.torch import save
-
-    from wfvae.data.datasets import VideoFolderDataset
-    from wfvae.distributed import all_gather_object, barrier, cleanup, init_distributed
 
     video_path, ckpt, num_frames, sample_rate, resolution = (cfg.video_path, cfg.ckpt, cfg.num_frames,
                                                               cfg.sample_rate, cfg.resolution)
@@ -380,8 +389,6 @@ def load_latents(latents_dir: str | Path, which: str = "mean", records: list[dic
     Raises:
         InputError: a shard is missing, corrupt, or lacks the record's tensor.
     """
-    from safetensors import safe_open
-
     latents_dir = Path(latents_dir)
     for record in read_index(latents_dir) if records is None else records:
         shard = safe_join(latents_dir, record["shard"], "shard")
@@ -403,8 +410,6 @@ def decode_folder(cfg: DecodeConfig) -> dict:
     (absolute, ``..``, a symlink inside ``out``) stops the command with UnsafePathError. Videos
     are written by a background thread; a killed run resumes (see :mod:`wfvae.utils.output_folder`).
     """
-    from wfvae.utils.device import resolve_device
-
     latents, ckpt, fmt, fps, overwrite = cfg.latents, cfg.ckpt, cfg.format, cfg.fps, cfg.overwrite
     latents_dir, out_dir = Path(latents), Path(cfg.out)
     if not latents_dir.is_dir():

@@ -39,8 +39,26 @@ from typing import Literal
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from wfvae.data.datasets import VideoFolderDataset
 from wfvae.data.manifest import is_manifest, output_key
+from wfvae.data.transforms import (
+    clip_indices,
+    crop_offsets,
+    resize_crop,
+    resized_size,
+    to_model_tensor,
+)
+from wfvae.data.video_probe import probe_video
+from wfvae.data.video_read import read_video
+from wfvae.distributed import (
+    all_gather_object,
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+)
 from wfvae.errors import ConfigError, InputError, OutputError
 from wfvae.evaluation.registry import METRICS, PER_VIDEO_METRICS, Networks
 from wfvae.formats import OUTPUT_FORMATS
@@ -131,16 +149,6 @@ class _SingleFile:
     """The one-file case, shaped like the folder dataset (same resize/crop/normalisation)."""
 
     def __init__(self, path: Path, cfg: ReconstructConfig, temporal_factor: int):
-        from wfvae.data.transforms import (
-            clip_indices,
-            crop_offsets,
-            resize_crop,
-            resized_size,
-            to_model_tensor,
-        )
-        from wfvae.data.video_probe import probe_video
-        from wfvae.data.video_read import read_video
-
         info = probe_video(path)
         short_side = cfg.resolution if cfg.resize == "fast" else None
         if info.is_image:
@@ -184,16 +192,6 @@ def _select_subset(n: int, subset_size: int, seed: int) -> list[int]:
 # ------------------------------------------------------------------------------ main work
 def reconstruct(cfg: ReconstructConfig) -> dict:
     """Reconstruct every selected video; returns a summary dict (and per-video metrics if asked)."""
-    from tqdm import tqdm
-
-    from wfvae.distributed import (
-        all_gather_object,
-        barrier,
-        broadcast_object,
-        cleanup,
-        init_distributed,
-    )
-
     validate(cfg)
     src = Path(cfg.real_video_dir)
     out_dir = Path(cfg.generated_video_dir)
@@ -213,8 +211,6 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
             dataset = _SingleFile(src, cfg, model.temporal_compression_ratio)
             names = [dataset.item["path"]]
         else:
-            from wfvae.data.datasets import VideoFolderDataset
-
             check_num_frames(model, cfg.num_frames)  # before decoding anything
             try:
                 dataset = VideoFolderDataset(

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wfvae.losses.discriminator import NLayerDiscriminator3D
+from wfvae.networks.lpips import load_lpips
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +110,6 @@ class PerceptualLoss(nn.Module):
 
 def build_perceptual_loss(backbone_path: str | None = None, random_backbone: bool = False) -> PerceptualLoss:
     """LPIPS(VGG16) from local weights (see :func:`wfvae.networks.lpips.load_lpips`)."""
-    from wfvae.networks.lpips import load_lpips
-
     return PerceptualLoss(load_lpips("vgg", backbone_path=backbone_path, random_backbone=random_backbone))
 
 

@@ -5,19 +5,22 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
+import typing
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save
 from torch import nn
 
 from wfvae import checkpoint_keys as K
 from wfvae.errors import CheckpointError, ConfigError
 from wfvae.utils.io import atomic_write_bytes
 
+from .layers import kernel_choice, winograd
 from .layers.blocks import AttentionBase, AttnBlock3D, ResnetBlock2D, ResnetBlock3D
 from .layers.checkpointing import is_checkpointable, set_gradient_checkpointing
-from .layers import kernel_choice, winograd
 from .layers.conv import CausalConv3d, FrameConv2d, to_channels_last
 from .layers.norm import is_clip_level
 from .layers.stream import StopChunk, StreamState
@@ -263,8 +266,6 @@ class VideoAutoencoder(nn.Module):
         (float tensors as stored). A ``model.safetensors`` left by an older wfvae in the same folder
         is removed, so the folder holds one set of weights.
         """
-        from safetensors.torch import save
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
@@ -495,8 +496,6 @@ _MAY_BE_ZERO = {"encoder_num_resblocks", "decoder_num_resblocks", "num_res_block
 
 def _type_problem(value: Any, hint: Any) -> str | None:
     """Why ``value`` does not fit the annotation ``hint`` (None when it fits)."""
-    import typing
-
     origin = typing.get_origin(hint)
     if origin in (list, tuple, typing.Sequence) or str(origin) == "<class 'collections.abc.Sequence'>":
         if not isinstance(value, (list, tuple)):
@@ -525,8 +524,6 @@ def config_value_problems(cls: type, values: dict[str, Any]) -> list[str]:
     Integers must be >= 1 (block counts >= 0), numbers finite, ``dropout`` in [0, 1). Runs before
     any layer is built, so ``base_channels: -8`` or ``"eight"`` is reported by name.
     """
-    import math
-    import typing
 
     hints = typing.get_type_hints(cls.__init__)
     problems = []

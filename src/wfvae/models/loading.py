@@ -19,14 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from wfvae import checkpoint_keys as K
+from wfvae.downloads import hub_snapshot, parse_hub_id
 from wfvae.errors import CheckpointError, ConfigError
 from wfvae.utils.io import load_torch_file
 
-from wfvae.downloads import hub_snapshot, parse_hub_id
-
-from .base import CONFIG_NAME, LEGACY_WEIGHTS_NAME, WEIGHTS_NAME, VideoAutoencoder, read_config
+from .base import (
+    CONFIG_NAME,
+    LEGACY_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    VideoAutoencoder,
+    read_config,
+)
 from .causalvae import CausalVAE
 from .wfvae import WFVAE
 
@@ -80,8 +86,6 @@ def read_state_dict(path: str | Path, prefer_ema: bool = True) -> tuple[dict[str
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path)), None
         except Exception as e:  # SafetensorError for truncated/corrupt headers, OSError for short reads

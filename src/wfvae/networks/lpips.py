@@ -88,7 +88,7 @@ def find_lpips_backbone(
 
 
 def _lpips_package_linear_weights(net: str) -> Path:
-    import lpips as lpips_pkg
+    import lpips as lpips_pkg  # lazy: imports torchvision's model zoo; only when LPIPS runs
 
     return Path(lpips_pkg.__file__).resolve().parent / "weights" / "v0.1" / f"{net}.pth"
 
@@ -165,7 +165,7 @@ def load_lpips(
     # Find the file before building anything, so a missing file fails fast.
     path = None if random_backbone else find_lpips_backbone(net, backbone_path, offline)
 
-    import lpips as lpips_pkg
+    import lpips as lpips_pkg  # lazy: imports torchvision's model zoo; only when LPIPS runs
 
     with warnings.catch_warnings():
         # lpips passes the deprecated `pretrained=` to torchvision; harmless with pnet_rand=True.

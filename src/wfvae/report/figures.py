@@ -16,6 +16,7 @@ import logging
 import math
 
 import numpy as np
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _inferno_lut() -> np.ndarray:
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # lazy: slow import (~0.5 s), only when a figure is drawn
 
     return (colormaps["inferno"](np.linspace(0, 1, 256))[:, :3] * 255).round().astype(np.uint8)  # (256, 3)
 
@@ -64,8 +65,6 @@ def display_scale(height: int, width: int) -> float:
 
 def _fit(frames: np.ndarray, long_side: int) -> np.ndarray:
     """Shrink (Lanczos) ``(N, H, W, 3)`` frames so the long side is at most ``long_side``: page bytes saved."""
-    from PIL import Image
-
     h, w = frames.shape[1:3]
     scale = long_side / max(h, w)
     if scale >= 1:
@@ -86,8 +85,6 @@ def _grid(tiles: list[list[np.ndarray]]) -> np.ndarray:
 
 
 def _png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
@@ -123,8 +120,6 @@ def comparison_gif(original: np.ndarray, recon: np.ndarray, fps: float = 8.0, ma
     and, when ``frames x sheet`` exceeds :data:`_GIF_PIXELS`, frames are subsampled evenly. Each frame gets
     its own adaptive 255-colour palette, so photos keep their colours.
     """
-    from PIL import Image
-
     originals = _fit(original[:1], _GIF_PANEL)
     sheet_pixels = originals.shape[1] * (3 * originals.shape[2] + 2 * _GAP)
     idx = frame_indices(len(original), max(2, min(max_frames, _GIF_PIXELS // sheet_pixels)))
@@ -149,7 +144,7 @@ def curves_png(series: dict[str, tuple[np.ndarray, np.ndarray]], title: str = ""
         ncols: panels per row.
     """
     # Figure + Agg canvas directly: no pyplot, so no global backend switch and nothing to close.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: slow import, only when a figure is drawn
     from matplotlib.figure import Figure
 
     n = len(series)

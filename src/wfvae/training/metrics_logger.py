@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from wfvae.data.video_write import write_video
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["REPORT_TARGETS", "MetricsLogger", "import_tensorboard_writer", "import_wandb", "parse_report_to"]
@@ -61,7 +63,7 @@ def parse_report_to(value: str | Sequence[str]) -> list[str]:
 
 def import_wandb():
     try:
-        import wandb
+        import wandb  # lazy: optional extra [wandb]
     except ImportError as e:
         raise ImportError("--report_to wandb needs the wandb package: pip install wfvae[wandb] "
                           "(or pass --report_to none)") from e
@@ -71,7 +73,7 @@ def import_wandb():
 def import_tensorboard_writer():
     """``torch.utils.tensorboard.SummaryWriter`` (needs the ``tensorboard`` package)."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # lazy: optional extra [tensorboard]
     except ImportError as e:
         raise ImportError("--report_to tensorboard needs the tensorboard package: pip install "
                           "wfvae[tensorboard] (or pass --report_to none)") from e
@@ -142,8 +144,6 @@ class MetricsLogger:
 
     def log_videos(self, key: str, videos: Sequence[np.ndarray], step: int, fps: int = 10) -> list[Path]:
         """Save ``(T, H, W, 3)`` uint8 videos under ``videos/`` and send them to the trackers."""
-        from wfvae.data.video_write import write_video
-
         out_dir = self.run_dir / "videos" / f"step-{step:08d}"
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = []

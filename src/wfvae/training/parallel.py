@@ -62,7 +62,7 @@ __all__ = [
 
 def is_sharded(t: Any) -> bool:
     """Whether ``t`` is an FSDP shard (a DTensor)."""
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # lazy: only under --fsdp
 
     return isinstance(t, DTensor)
 
@@ -103,7 +103,7 @@ def wrap_generator(model: nn.Module, env: DistEnv, *, fsdp: bool, find_unused_pa
         return DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
                    find_unused_parameters=find_unused_parameters, broadcast_buffers=False)
 
-    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.device_mesh import init_device_mesh  # lazy: only under --fsdp
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     # Our loss never modifies the model's output in place, which is what this FSDP2 warning is about (the
@@ -138,7 +138,7 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``full`` laid out like ``like``: this rank's shard when ``like`` is a DTensor (no communication; every
     rank must hold the same ``full``), else ``full`` on ``like``'s device and dtype."""
     if is_sharded(like):
-        from torch.distributed.tensor import distribute_tensor
+        from torch.distributed.tensor import distribute_tensor  # lazy: only under --fsdp
 
         return distribute_tensor(full.to(device=like.device, dtype=like.dtype), like.device_mesh, like.placements,
                                  src_data_rank=None)
@@ -146,7 +146,7 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _options(**kw):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
+    from torch.distributed.checkpoint.state_dict import StateDictOptions  # lazy: only under --fsdp
 
     return StateDictOptions(**kw)
 
@@ -156,7 +156,7 @@ def full_model_state_dict(model: nn.Module, fsdp: bool) -> dict[str, torch.Tenso
     the tensors there, other ranks an empty dict)."""
     if not fsdp or not any(is_sharded(p) for p in model.parameters()):
         return model.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict  # lazy: only under --fsdp
 
     return get_model_state_dict(model, options=_options(full_state_dict=True, cpu_offload=True))
 
@@ -168,7 +168,7 @@ def load_model_state_dict(model: nn.Module, state: dict[str, torch.Tensor], fsdp
     if not fsdp or not any(is_sharded(p) for p in model.parameters()):
         model.load_weights(state, strict=True, ignore_mismatched_sizes=ignore_mismatched_sizes)
         return
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict  # lazy: only under --fsdp
 
     state = {k.removeprefix(MODULE_PREFIX): v for k, v in state.items()}
     own = model.state_dict()  # sharded tensors report their full shape
@@ -197,7 +197,7 @@ def full_optimizer_state_dict(model: nn.Module, opt: torch.optim.Optimizer, fsdp
     tensors are on rank 0 only there, other ranks get an empty dict)."""
     if not fsdp or not any(is_sharded(p) for p in model.parameters()):
         return opt.state_dict()
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict  # lazy: only under --fsdp
 
     by_name = get_optimizer_state_dict(model, opt, options=_options(full_state_dict=True, cpu_offload=True))
     if not by_name.get("state") and not by_name.get("param_groups"):
@@ -216,7 +216,7 @@ def load_optimizer_state_dict(model: nn.Module, opt: torch.optim.Optimizer, stat
     if not fsdp or not any(is_sharded(p) for p in model.parameters()):
         opt.load_state_dict(state)
         return
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict  # lazy: only under --fsdp
 
     names = _param_names(model, opt)
     n_saved = sum(len(g["params"]) for g in state["param_groups"])

@@ -3,11 +3,14 @@ memory-mapped reading of torch files."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from wfvae.errors import ConfigError
 
 
 def fsync_dir(directory: Path) -> None:
@@ -43,10 +46,6 @@ def write_json_option(path: str | Path, obj, option: str = "--json") -> Path:
     Raises:
         ConfigError: the file cannot be written (a folder, no permission, a read-only disk...).
     """
-    import json
-
-    from wfvae.errors import ConfigError
-
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
