@@ -24,6 +24,7 @@ from wfvae.config import parse_train_config
 from wfvae.distributed import init_distributed
 from wfvae.errors import ConfigError
 from wfvae.training import trainer as trainer_module
+from wfvae.training.meters import LossAverager
 from wfvae.training.trainer import Trainer, main
 
 
@@ -73,9 +74,7 @@ def test_one_host_sync_per_training_step(data, tmp_path, monkeypatch):
             return _real(self, *a, **k)
 
         monkeypatch.setattr(torch.Tensor, name, counting)
-    from wfvae.training.trainer import _LossAverager
-
-    averager = _LossAverager()
+    averager = LossAverager()
     for _ in range(2):  # two generator and two discriminator updates
         for step in (trainer.generator_step, trainer.discriminator_step):
             status, parts = step(video)

@@ -70,6 +70,7 @@ from wfvae.training.checkpoint import (
     restore_rng_state,
 )
 from wfvae.training.lr_schedule import lr_at
+from wfvae.training.meters import LossAverager, ThroughputWindow
 from wfvae.training.metrics_logger import MetricsLogger
 from wfvae.training.nonfinite import NonFinitePolicy, TrainingDiverged
 from wfvae.training.parallel import (
@@ -94,41 +95,6 @@ from wfvae.utils.logging import setup_logging
 logger = logging.getLogger(__name__)
 
 __all__ = ["Trainer", "TrainingDiverged", "main", "preflight"]
-
-
-class _LossAverager:
-    """Running means of detached scalars between two log steps (no device sync until read)."""
-
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-
-    def add(self, parts: dict[str, torch.Tensor]) -> None:
-        for k, v in parts.items():
-            v = v.detach().float()
-            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
-            self.counts[k] = self.counts.get(k, 0) + 1
-
-    def pop(self) -> dict[str, float]:
-        keys = list(self.sums)
-        means = torch.stack([self.sums[k] / self.counts[k] for k in keys]).tolist() if keys else []  # one sync
-        out = dict(zip(keys, means))
-        self.sums.clear()
-        self.counts.clear()
-        return out
-
-
-class _Window:
-    """Wall time, clips and data-loading time since the last log line."""
-
-    def __init__(self):
-        self.start, self.clips, self.data_time = time.perf_counter(), 0, 0.0
-
-    def pop(self) -> tuple[float, int, float]:
-        now = time.perf_counter()
-        out = (now - self.start, self.clips, self.data_time)
-        self.start, self.clips, self.data_time = now, 0, 0.0
-        return out
 
 
 class Trainer:
@@ -240,7 +206,7 @@ class Trainer:
         """Run until ``total_steps``, a stop signal, or divergence. Returns the process exit code."""
         cfg, env, progress = self.cfg, self.env, self.progress
         self._last_saved_step = progress.step if cfg.resume_from_checkpoint else -1
-        averager, window, stopped = _LossAverager(), _Window(), False
+        averager, window, stopped = LossAverager(), ThroughputWindow(), False
         bar = tqdm(total=self.total_steps, initial=progress.step, desc="train", dynamic_ncols=True, disable=None,
                    file=sys.stderr) if env.is_main else None
         logger.info("Training starts at step %d (epoch %d)", progress.step, progress.epoch)
@@ -279,7 +245,7 @@ class Trainer:
         return 0
 
     @staticmethod
-    def _timed(loader, window: _Window):
+    def _timed(loader, window: ThroughputWindow):
         """The loader's batches, adding the time spent waiting for each to ``window.data_time``."""
         batches = iter(loader)
         while True:
@@ -290,7 +256,7 @@ class Trainer:
             window.data_time += time.perf_counter() - start
             yield batch
 
-    def _update(self, video: torch.Tensor, averager: _LossAverager) -> None:
+    def _update(self, video: torch.Tensor, averager: LossAverager) -> None:
         """One step: a discriminator update on odd steps once ``disc_start`` is reached, else a generator one."""
         progress, sampler = self.progress, self.sampler
         disc_turn = progress.step % 2 == 1 and progress.step >= self.cfg.disc_start
