@@ -12,7 +12,8 @@ per folder (``tree/d0000/f000000.mp4`` ...), plus a separate ``cold/`` tree of `
 links for the cold probe.
 
 What it measures, each in a fresh Python process (numbers exclude the interpreter's start-up and
-the imports, which are reported on their own line):
+the imports, which are reported on their own: ``wfvae.data.index`` alone, and torch with the
+dataset module):
 
 * **cold probe**: ``build_index`` on ``cold/`` with an empty cache (default threads:
   ``min(8, cpus)``); seconds per file. Hard links share their data, so after the first few files
@@ -61,17 +62,24 @@ def rss_mb() -> float:
 # ------------------------------------------------------------------------------ child measurements
 def child(mode: str, args: argparse.Namespace) -> dict:
     t_import = time.perf_counter()
-    from wfvae.data.datasets import VideoFolderDataset
-    from wfvae.data.index import build_index
+    from wfvae.data.index import build_index  # without torch (the dataset below imports it)
 
     imported = time.perf_counter() - t_import
     root = Path(args.workdir) / ("cold" if mode == "cold" else "tree")
     cache = Path(args.workdir) / ("cache_cold" if mode == "cold" else args.cache_name)
-    out = {"mode": mode, "import_s": imported, "load_before": os.getloadavg()}
+    out = {"mode": mode, "import_s": imported, "torch_imported": "torch" in sys.modules,
+           "load_before": os.getloadavg()}
     rss0 = rss_mb()
     c0 = time.process_time()
     t0 = time.perf_counter()
     if mode == "dataset":
+        t_import = time.perf_counter()
+        from wfvae.data.datasets import VideoFolderDataset
+
+        out["dataset_import_s"] = time.perf_counter() - t_import
+        rss0 = rss_mb()
+        c0 = time.process_time()
+        t0 = time.perf_counter()
         ds = VideoFolderDataset(root, num_frames=9, resolution=args.size, cache_dir=cache, show_progress=False)
         out["seconds"] = time.perf_counter() - t0
         out["videos"] = len(ds)
@@ -224,7 +232,7 @@ def main(argv=None) -> int:
                 assert w["stats"]["probed"] == 0, w["stats"]
                 results.setdefault("warm" if not baseline else "warm_baseline", []).append(w)
                 print(f"warm start (build_index, {name[baseline]}): {w['seconds']:.2f}s (cpu {w['cpu_s']:.2f}s; "
-                      f"imports {w['import_s']:.2f}s; rss growth {w['rss_growth_mb']:.0f} MB; "
+                      f"import of wfvae.data.index {w['import_s']:.2f}s, torch {'in' if w['torch_imported'] else 'not'} loaded; rss growth {w['rss_growth_mb']:.0f} MB; "
                       f"load {w['load_before'][0]:.1f})")
         print(f"interpreter start {results['interpreter_start_s']:.2f}s")
         ds = run_child("dataset", args)

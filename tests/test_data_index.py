@@ -198,3 +198,10 @@ def test_gc_paused_restores_the_collector():
         assert not gc.isenabled()  # it was off: it stays off
     finally:
         gc.enable()
+
+
+def test_index_imports_without_torch():
+    """The index (and data-check's probing) loads in ~0.2 s: torch's 1-2 s import is not part of it."""
+    code = "import sys, wfvae.data.index; assert 'torch' not in sys.modules, 'torch was imported'"
+    proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

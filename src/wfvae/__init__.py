@@ -8,6 +8,20 @@
 
 __version__ = "0.1.0"
 
-from wfvae.models import CausalVAE, WFVAE, build_model, load_model  # noqa: E402
-
 __all__ = ["CausalVAE", "WFVAE", "build_model", "load_model", "__version__"]
+
+_MODELS = frozenset({"CausalVAE", "WFVAE", "build_model", "load_model"})
+
+
+def __getattr__(name: str):
+    # The models (and so torch, ~1-2 s to import) load on first use, not with every subpackage:
+    # `import wfvae.data.index` (probing, the dataset index, `wfvae data-check`) does not need them.
+    if name in _MODELS:
+        import wfvae.models as models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'wfvae' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _MODELS)

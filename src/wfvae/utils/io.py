@@ -8,8 +8,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from wfvae.errors import ConfigError
 
 
@@ -63,6 +61,10 @@ def load_torch_file(path: str | Path) -> Any:
     a rank that keeps only part of it (an FSDP shard) never reads the rest. Files in torch's legacy
     (pre-1.6, non-zip) format cannot be mapped and are read whole.
     """
+    # torch is imported here, not at the top: the manifest and dataset-index code imports this module
+    # and must not pay torch's 1-2 s import (a warm index start is ~0.6 s)
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as e:
