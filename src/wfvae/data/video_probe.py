@@ -140,6 +140,10 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     if is_image_path(path):
         return _probe_image(path)
     container, stream = open_video(path)
+    # One decoder thread: probes run many files side by side (the index's thread pool, ranks), and
+    # FFmpeg's default (one thread per core, up to 16, per decoder) would start threads for every
+    # file to decode a frame or a GOP. The decoded frames, and so the result, are the same.
+    stream.codec_context.thread_count = 1
     try:
         return _probe_container(str(path), container, stream)
     finally:
