@@ -12,12 +12,11 @@ from scipy import linalg
 from wfvae.errors import CheckpointError, MissingWeightsError
 from wfvae.evaluation import fvd as fvd_mod
 from wfvae.evaluation.fvd import (
-    I3D_ENV_VAR,
-    InceptionI3D,
     fvd_from_features,
     frechet_distance_from_stats,
     load_i3d,
 )
+from wfvae.networks.i3d import I3D_ENV_VAR, InceptionI3D
 
 
 def _scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:

@@ -192,7 +192,7 @@ def _torchvision_url(weights_enum: str, member: str, fallback: str) -> str:
 
 # No SHA-256 is published for either I3D detector (searched: StyleGAN-V, fvd-comparison,
 # VideoGPT, common_metrics_on_video_quality, content-vae, Open-Sora-Plan; none ships a digest).
-# They are verified by loading them as the detector they claim to be (see wfvae.evaluation.fvd),
+# They are verified by loading them as the detector they claim to be (see wfvae.networks.i3d),
 # and the digest of the accepted file is logged and written beside it as '<name>.sha256'.
 REMOTE_FILES = RemoteRegistry(
     {
