@@ -101,11 +101,12 @@ def test_no_hand_written_parsers():
 
 
 def test_every_command_reports_all_errors_at_once(tmp_path, capsys):
-    assert cli(["data-check", "--video_path", str(tmp_path), "--num_frame", "9", "--num_frames", "0",
+    # (--num_frme, not a prefix: data-check accepts unique prefixes of a flag, as its parser always did)
+    assert cli(["data-check", "--video_path", str(tmp_path), "--num_frme", "9", "--num_frames", "0",
                 "--resolution", "-1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("wfvae data-check: error: invalid arguments:")
-    assert "unknown argument '--num_frame'; did you mean '--num_frames'?" in err
+    assert "unknown argument '--num_frme'; did you mean '--num_frames'?" in err
     assert "--num_frames must be >= 1, got 0" in err and "--resolution must be >= 1, got -1" in err
     assert "Traceback" not in err
     # aliases of the original scripts keep working, and a bad value is named with its choices

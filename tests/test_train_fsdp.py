@@ -123,3 +123,40 @@ def test_fsdp_flag_is_documented_and_rejects_fp16(tmp_path):
     assert parse_train_config(base_args(data, tmp_path / "ckpt")).fsdp is False
     with pytest.raises(ConfigError, match="--fsdp does not support --mix_precision fp16"):
         parse_train_config(base_args(data, tmp_path / "ckpt", fsdp=True, mix_precision="fp16")).validate()
+
+
+def test_sharded_load_lists_problems_as_a_checkpoint_error(tmp_path):
+    """A checkpoint that does not fit a model already sharded with FSDP2 fails like the unsharded path: one
+    CheckpointError listing the problems (exit 2 in the CLI), not a torch RuntimeError; ignore_mismatched_sizes
+    keeps the model's own tensor for the mismatched shapes and loads the rest."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from wfvae.errors import CheckpointError
+    from wfvae.models import build_model
+    from wfvae.training.parallel import full_model_state_dict, is_sharded, load_model_state_dict
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = build_model(TINY_WFVAE)
+        good = {k: v.clone() for k, v in model.state_dict().items()}
+        fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
+        assert any(is_sharded(p) for p in model.parameters())
+        name = next(k for k, v in good.items() if v.ndim == 5)  # a 3D conv weight
+        bad = {**good, name: torch.zeros(2, *good[name].shape[1:]), "extra.weight": torch.zeros(1)}
+        del bad[next(k for k in good if k != name)]
+        with pytest.raises(CheckpointError) as info:
+            load_model_state_dict(model, bad, fsdp=True)
+        message = str(info.value)
+        assert "shape mismatches (1)" in message and "missing keys (1)" in message and "extra.weight" in message
+        changed = {**good, name: torch.zeros(2, *good[name].shape[1:])}
+        changed = {k: (v + 1 if k != name and v.is_floating_point() else v) for k, v in changed.items()}
+        load_model_state_dict(model, changed, fsdp=True, ignore_mismatched_sizes=True)
+        loaded = full_model_state_dict(model, fsdp=True)
+        assert torch.equal(loaded[name], good[name])  # kept: the checkpoint's shape did not fit
+        other = next(k for k, v in good.items() if k != name and v.is_floating_point())
+        assert torch.equal(loaded[other], good[other] + 1)
+    finally:
+        dist.destroy_process_group()

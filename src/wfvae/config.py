@@ -101,7 +101,8 @@ class TrainConfig(DeviceOptions, OfflineOptions, ResizeOptions):
         "still reduced in fp32 and the optimizer keeps fp32 shards. Needs --mix_precision bf16.")
     cudnn_benchmark: bool = option(
         True, "CUDA: let cuDNN time its convolution algorithms once per input shape and keep the fastest (the "
-        "training clip size is fixed, so the search is paid once). --cudnn_benchmark false turns it off.")
+        "training clip size is fixed, so the search is paid once). The chosen algorithms may differ between runs, so "
+        "a resumed GPU run is then not bit-identical to an uninterrupted one: --cudnn_benchmark false for that.")
     allow_tf32: bool = option(
         False, "CUDA, Ampere or newer: run float32 matmuls in TF32 (faster, about 3 significant digits in the "
         "products). Off by default, as in PyTorch; matters for fp32 training, not for the bf16 autocast layers.")

@@ -283,8 +283,10 @@ def help_text(f: dataclasses.Field) -> str:
 
 def build_parser(cls: type, prog: str, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one flag per field of the dataclass ``cls`` (see the module docstring)."""
+    # Commands whose earlier parsers accepted unique prefixes of a flag keep doing so (ALLOW_ABBREV).
     parser = _Parser(prog=prog, description=description if description is not None else cls.__doc__,
-                     allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+                     allow_abbrev=getattr(cls, "ALLOW_ABBREV", False),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for owner in cls.__mro__:  # the command's own flags first, then each shared group under its docstring

@@ -30,13 +30,21 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from wfvae.data.datasets import reason_kind
 from wfvae.data.index import build_index, source_root
 from wfvae.data.manifest import is_manifest, write_manifest
 from wfvae.errors import InputError
-from wfvae.options import REQUIRED, FrameOptions, IndexCacheOptions, option, run_config, too_small, validate
+from wfvae.options import (
+    REQUIRED,
+    FrameOptions,
+    IndexCacheOptions,
+    option,
+    run_config,
+    too_small,
+    validate,
+)
 from wfvae.utils.io import write_json_option
 from wfvae.utils.logging import setup_logging
 
@@ -46,6 +54,8 @@ logger = logging.getLogger(__name__)
 @dataclass(kw_only=True)
 class DataCheckConfig(FrameOptions, IndexCacheOptions):
     """Settings of ``wfvae data-check`` (the clip rules are training's)."""
+
+    ALLOW_ABBREV: ClassVar[bool] = True  # unique prefixes of a flag were accepted before; still are
 
     video_path: str = option(REQUIRED, "Dataset folder (searched recursively) or manifest file (.csv, .jsonl, "
                              ".parquet with a 'path' column).")

@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -73,6 +74,8 @@ DEMO_MODEL_CONFIG = {
 @dataclass(kw_only=True)
 class DemoConfig:
     """Settings of ``wfvae demo``."""
+
+    ALLOW_ABBREV: ClassVar[bool] = True  # unique prefixes of a flag were accepted before; still are
 
     out: str = option("demo_out", "Output folder.")
     steps: int = option(120, "Training steps (~5 min on 2 idle CPU cores at the default).")

@@ -34,7 +34,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from safetensors import safe_open
@@ -112,6 +112,8 @@ class EncodeConfig(ModelOptions, ClipOptions, EncodeChunkOptions, OverwriteOptio
                    IndexCacheOptions):
     """Settings of ``wfvae encode``."""
 
+    ALLOW_ABBREV: ClassVar[bool] = True  # unique prefixes of a flag were accepted before; still are
+
     video_path: str = option(REQUIRED, "Video folder (searched recursively) or manifest (.csv/.jsonl/.parquet).")
     out: str = option(REQUIRED, "Latents folder (created; resumable).")
     sample: bool = option(False, "Also store one posterior sample per video.")
@@ -127,6 +129,8 @@ class EncodeConfig(ModelOptions, ClipOptions, EncodeChunkOptions, OverwriteOptio
 class DecodeConfig(ModelOptions, VideoFormatOptions, OverwriteOptions):
     """Settings of ``wfvae decode``."""
 
+    ALLOW_ABBREV: ClassVar[bool] = True  # unique prefixes of a flag were accepted before; still are
+
     latents: str = option(REQUIRED, "Folder written by `wfvae encode`.")
     out: str = option(REQUIRED, "Video folder (created; resumable).")
     fps: float | None = option(None, "Frame rate of the videos (default: the source's).")
@@ -136,6 +140,8 @@ class DecodeConfig(ModelOptions, VideoFormatOptions, OverwriteOptions):
 @dataclass(kw_only=True)
 class LatentStatsConfig:
     """Settings of ``wfvae latent-stats``."""
+
+    ALLOW_ABBREV: ClassVar[bool] = True  # unique prefixes of a flag were accepted before; still are
 
     latents: str = option(REQUIRED, "Folder written by `wfvae encode`.")
     which: Literal["mean", "sample"] = option("mean", "Statistics of the stored posterior means or samples.")

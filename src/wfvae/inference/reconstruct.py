@@ -35,7 +35,7 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -109,6 +109,8 @@ IN_MEMORY_METRICS = PER_VIDEO_METRICS
 class ReconstructConfig(ModelOptions, ClipOptions, ResizeOptions, EncodeChunkOptions, VideoFormatOptions,
                         OverwriteOptions, DecodeWorkerOptions, LpipsOptions, IndexCacheOptions):
     """Settings of ``wfvae reconstruct`` (the original's gen_video.sh flags keep their names)."""
+
+    ALLOW_ABBREV: ClassVar[bool] = True  # unique prefixes of a flag were accepted before; still are
 
     real_video_dir: str = option(REQUIRED, "A folder (searched recursively), a manifest (.csv/.jsonl/.parquet), a "
                                  "single video file, or an image.")

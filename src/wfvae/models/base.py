@@ -226,6 +226,14 @@ class VideoAutoencoder(nn.Module):
             ignore_mismatched_sizes: keys whose shape differs from the model keep their fresh
                 initialisation (logged) instead of raising.
         """
+        self.load_state_dict(self.check_weights(state_dict, strict, ignore_mismatched_sizes), strict=False)
+
+    def check_weights(
+        self, state_dict: dict[str, torch.Tensor], strict: bool = True, ignore_mismatched_sizes: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """The part of ``state_dict`` that :meth:`load_weights` loads (``module.`` prefixes removed, mismatched
+        shapes dropped when ignored); raises CheckpointError listing every problem. Works on a model sharded
+        with FSDP2 too (its tensors report their full shapes)."""
         state_dict = {k.removeprefix(K.MODULE_PREFIX): v for k, v in state_dict.items()}
         own = self.state_dict()
         mismatched = [
@@ -255,7 +263,7 @@ class VideoAutoencoder(nn.Module):
             )
         if missing or unexpected:
             logger.warning("non-strict load: missing %s, unexpected %s", missing, unexpected)
-        self.load_state_dict(state_dict, strict=False)
+        return state_dict
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the diffusers layout the original code and the released weights use.

@@ -40,7 +40,6 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from wfvae.checkpoint_keys import MODULE_PREFIX
 from wfvae.distributed import DistEnv, all_gather_object
 
 logger = logging.getLogger(__name__)
@@ -170,20 +169,10 @@ def load_model_state_dict(model: nn.Module, state: dict[str, torch.Tensor], fsdp
         return
     from torch.distributed.checkpoint.state_dict import set_model_state_dict  # lazy: only under --fsdp
 
-    state = {k.removeprefix(MODULE_PREFIX): v for k, v in state.items()}
-    own = model.state_dict()  # sharded tensors report their full shape
-    strict = True
-    if ignore_mismatched_sizes:
-        kept = {k: v for k, v in state.items() if k not in own or tuple(own[k].shape) == tuple(v.shape)}
-        if len(kept) < len(state):
-            logger.warning("keeping the model's own values for %d tensors whose shape differs from the checkpoint's: "
-                           "%s", len(state) - len(kept), sorted(set(state) - set(kept))[:5])
-            missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-            if missing or unexpected:
-                raise ValueError(f"state dict does not fit the model: missing {missing[:5]}, unexpected "
-                                 f"{unexpected[:5]}")
-            state, strict = kept, False
-    set_model_state_dict(model, state, options=_options(full_state_dict=True, strict=strict))
+    # The same checks and the same one-error-listing-every-problem as the unsharded path (CheckpointError).
+    kept = model.check_weights(state, strict=True, ignore_mismatched_sizes=ignore_mismatched_sizes)
+    strict = len(kept) == len(state)  # else: the mismatched tensors keep the model's values
+    set_model_state_dict(model, kept, options=_options(full_state_dict=True, strict=strict))
 
 
 def _param_names(model: nn.Module, opt: torch.optim.Optimizer) -> list[str]:

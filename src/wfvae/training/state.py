@@ -112,16 +112,19 @@ def restore(ckpt: dict, parts: TrainingParts, *, lr: float, env: DistEnv, genera
             ) -> Progress | None:
     """Load ``ckpt`` into ``parts``, in place.
 
-    Always the generator weights and the EMA (which restarts from the loaded weights where the checkpoint has
-    no EMA). ``generator_optimizer``: the generator's AdamW state. ``discriminator``: the discriminator, its
-    optimizer and the GradScaler. Both optimizers' learning rate is set to ``lr`` (the schedule sets it again
-    before each step). ``progress``: also the data position, and return the step, epoch, counters and this
-    rank's RNG state; else return None (a reload keeps the current step and data position).
+    Always the generator weights and the checkpoint's EMA tensors. ``generator_optimizer``: the generator's
+    AdamW state. ``discriminator``: the discriminator, its optimizer and the GradScaler. ``progress`` (a
+    resume): the EMA first restarts from the loaded weights (what the checkpoint's EMA lacks keeps them), both
+    optimizers' learning rate is set to ``lr`` (the schedule sets it again before each step), the data
+    position is restored, and the step, epoch, counters and this rank's RNG state are returned. Without
+    ``progress`` (a reload after non-finite updates) the running EMA and the learning rate are kept as they
+    are, like the step and the data position, and None is returned.
     """
     load_model_state_dict(parts.model, checkpoint_part(ckpt, K.STATE_DICT, K.GEN_MODEL), parts.fsdp,
                           ignore_mismatched_sizes=ignore_mismatched_sizes)
     if parts.ema is not None:
-        parts.ema.reset(parts.model)  # what the checkpoint's EMA lacks starts from the loaded weights
+        if progress:
+            parts.ema.reset(parts.model)  # what the checkpoint's EMA lacks starts from the loaded weights
         if ckpt.get(K.EMA_STATE):
             parts.ema.load_state_dict(ckpt[K.EMA_STATE], strict=False)
         elif progress:
@@ -134,11 +137,11 @@ def restore(ckpt: dict, parts: TrainingParts, *, lr: float, env: DistEnv, genera
         parts.opts.disc.load_state_dict(checkpoint_part(ckpt, K.OPTIMIZER_STATE, K.DISC_OPTIMIZER))
         if parts.opts.scaler.is_enabled() and ckpt.get(K.SCALER_STATE):
             parts.opts.scaler.load_state_dict(ckpt[K.SCALER_STATE])
+    if not progress:
+        return None
     for opt in (parts.opts.gen, parts.opts.disc):
         for group in opt.param_groups:
             group["lr"] = lr
-    if not progress:
-        return None
     parts.sampler.load_state_dict(ckpt[K.SAMPLER_STATE])
     restored = Progress(step=int(ckpt[K.STEP]), epoch=int(ckpt[K.SAMPLER_STATE].get("epoch", ckpt[K.EPOCH])))
     restored.counters.update({k: int(v) for k, v in (ckpt.get(K.COUNTERS) or {}).items() if k in restored.counters})
