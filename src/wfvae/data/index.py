@@ -77,7 +77,8 @@ def gc_paused():
     Indexing creates a few objects per file (the scan's tuples, the store's rows, the entries and
     their ``VideoInfo``), none of them garbage and none in a reference cycle. Each collection
     pass the allocations trigger walks the young objects and, every so often, all the older ones:
-    at 100,000 files those passes were 30-45 % of a warm start's CPU time. The collector is
+    at 100,000 files those passes were a large share of a warm start's CPU time (measured in
+    ``benchmarks/RESULTS.md``, "Dataset index at 100,000 files"). The collector is
     restored afterwards (it was off already: it stays off); reference counting frees everything
     as usual meanwhile.
     """

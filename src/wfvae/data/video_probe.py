@@ -3,10 +3,9 @@ whether it can be read at all. With :mod:`wfvae.data.video_read` and :mod:`wfvae
 modules of ``wfvae`` that open video files.
 
 Backend: PyAV (FFmpeg bundled in the ``av`` wheel, so no system FFmpeg is needed).
-``benchmarks/bench_loader.py`` compares the full loader with decord. torchcodec 0.17 was also
-measured (seek + 33 frames of 640x360 H.264/VP9 to full-size RGB, 2 busy cores): about as fast
-as PyAV, up to ~1.3x faster in some runs, but it needs a system FFmpeg that pip cannot install,
-and PyAV lets us scale inside swscale for free. So PyAV it is.
+``benchmarks/bench_loader.py`` compares the full loader with decord (numbers in
+``benchmarks/RESULTS.md``). torchcodec was tried as well and not chosen: it needs a system FFmpeg
+that pip cannot install, and PyAV lets us scale inside swscale for free.
 
 How to use::
 
