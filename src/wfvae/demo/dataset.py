@@ -9,10 +9,12 @@ How to use::
     # demo/data/train and demo/data/val are ready for VideoFolderDataset / wfvae train --video_path
 
 Where the pictures come from: the photographs that ship inside the scikit-image wheel
-(``skimage.data.data_dir``: astronaut, chelsea, rocket, camera, ...). They are read straight from
-that folder, so nothing is ever downloaded; scikit-image's other images are fetched on first use
-and are deliberately not in :data:`PHOTOS`. Three photos are held out for ``val`` so validation
-measures clips of pictures the model never saw.
+(``skimage.data.data_dir``: astronaut, chelsea, rocket, camera, ..., every picture the wheel
+bundles but one stereo partner of a held-out photo). They are read straight from that folder, so
+nothing is ever downloaded; scikit-image's other images are fetched on first use and are
+deliberately not in :data:`PHOTOS`. Three photos are held out for ``val`` so validation measures
+clips of pictures the model never saw. Each clip draws its own field of view (0.4x-1.15x the
+motion's nominal view size), so the same photo appears as close-ups and wide shots.
 
 Each clip is one of five motions, chosen round robin (``val`` has the same mix):
 
@@ -64,7 +66,18 @@ PHOTOS: dict[str, str] = {
     "coffee": "coffee.png",
     "motorcycle": "motorcycle_left.png",
     "coins": "coins.png",
+    "clock": "clock_motion.png",
+    "retina": "retina.jpg",
+    "microaneurysms": "microaneurysms.png",
+    "color": "color.png",
+    "logo": "logo.png",
+    "phantom": "phantom.png",
+    "chessboard": "chessboard_RGB.png",
+    "text": "text.png",
+    "horse": "horse.png",
 }
+# Not used: motorcycle_right.png is the stereo partner of the held-out motorcycle_left.png (it would
+# leak the validation scene into training); lfw_subset.npy holds 25x25 thumbnails.
 #: photos used only by the ``val`` split.
 VAL_PHOTOS: tuple[str, ...] = ("coffee", "motorcycle", "coins")
 #: motion kinds, in the round-robin order clips use them.
@@ -141,7 +154,9 @@ def _start_for(rng: np.random.Generator, lo: float, hi: float, delta: float) -> 
 
 def _camera_path(rng: np.random.Generator, motion: str, t: np.ndarray, width: int, height: int, size: int) -> _CameraPath:
     """Sample a smooth camera path of one motion kind; `t` runs over frame indices 0..T-1."""
-    short = min(width, height)
+    # A random field of view per clip (log-uniform, 0.4x-1.15x the motions' nominal sizes): close-ups
+    # and wide views of the same photo.
+    short = min(width, height) * math.exp(rng.uniform(math.log(0.4), math.log(1.15)))
     n = len(t)
     s = t / max(n - 1, 1)  # 0 -> 1 over the clip
     zeros = np.zeros(n)
