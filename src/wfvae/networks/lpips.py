@@ -66,25 +66,19 @@ def find_lpips_backbone(
         MissingWeightsError: the explicit file does not exist, or offline and not cached, or the
             download failed; the message names the file and how to provide it.
     """
-    expected = BACKBONE_FILES[net]
-    if backbone_path is not None:
-        path = Path(backbone_path).expanduser()
-        if not path.is_file():
-            raise MissingWeightsError(
-                f"LPIPS backbone file '{path}' (from --lpips_backbone_path) does not exist. "
-                f"It should be torchvision's ImageNet checkpoint '{expected}' for net='{net}'."
-            )
-        return path
     env_value = os.environ.get(BACKBONE_ENV_VAR)
-    if env_value:
-        path = Path(env_value).expanduser()
-        if not path.is_file():
-            raise MissingWeightsError(
-                f"LPIPS backbone file '{path}' (from ${BACKBONE_ENV_VAR}) does not exist. "
-                f"It should be torchvision's ImageNet checkpoint '{expected}' for net='{net}'."
-            )
-        return path
-    return fetch_torch_hub_checkpoint(REMOTE_FILES[BACKBONE_REMOTE[net]], offline=offline)
+    if backbone_path is not None:
+        path, source = Path(backbone_path).expanduser(), "--lpips_backbone_path"
+    elif env_value:
+        path, source = Path(env_value).expanduser(), f"${BACKBONE_ENV_VAR}"
+    else:
+        return fetch_torch_hub_checkpoint(REMOTE_FILES[BACKBONE_REMOTE[net]], offline=offline)
+    if not path.is_file():  # an explicit file is never replaced by a download
+        raise MissingWeightsError(
+            f"LPIPS backbone file '{path}' (from {source}) does not exist. "
+            f"It should be torchvision's ImageNet checkpoint '{BACKBONE_FILES[net]}' for net='{net}'."
+        )
+    return path
 
 
 def _lpips_package_linear_weights(net: str) -> Path:
