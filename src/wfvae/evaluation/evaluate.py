@@ -42,7 +42,7 @@ from wfvae.evaluation import metrics as M
 from wfvae.evaluation.fvd import load_i3d
 from wfvae.evaluation.loading import PairDataset
 from wfvae.evaluation.pairing import pair_videos
-from wfvae.evaluation.registry import METRICS, PER_VIDEO_METRICS, Networks
+from wfvae.evaluation.registry import METRICS, PER_VIDEO_METRICS, Networks, needed_networks
 from wfvae.evaluation.scoring import FvdFeatures, dataset_values, score_pairs
 from wfvae.layout import ORIGIN_DIR
 from wfvae.networks.lpips import load_lpips
@@ -168,7 +168,7 @@ def evaluate_folders(
         raise InputError(f"FVD needs at least 2 videos per set (a covariance), got {len(pairs)}")
 
     # Load networks before decoding anything, so a missing weight file fails immediately.
-    needs = {METRICS[name].needs for name in wanted}
+    needs = needed_networks(wanted)
     if "lpips" in needs and lpips_model is None:
         lpips_model = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=cfg.device, offline=cfg.offline or None)
     fvd = None

@@ -24,7 +24,7 @@ from torch import nn
 
 from wfvae.evaluation import metrics as M
 
-__all__ = ["METRICS", "PER_VIDEO_METRICS", "Metric", "Networks", "higher_is_better"]
+__all__ = ["METRICS", "PER_VIDEO_METRICS", "Metric", "Networks", "higher_is_better", "needed_networks"]
 
 
 @dataclass
@@ -79,6 +79,11 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 
 #: Metrics with one value per video, in table order.
 PER_VIDEO_METRICS: tuple[str, ...] = tuple(name for name, m in METRICS.items() if m.per_video is not None)
+
+
+def needed_networks(names: list[str]) -> set[str]:
+    """The :class:`Networks` fields the metrics ``names`` need (what a caller must load before scoring)."""
+    return {METRICS[name].needs for name in names} - {None}
 
 
 def higher_is_better(name: str) -> bool:

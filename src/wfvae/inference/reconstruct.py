@@ -60,7 +60,7 @@ from wfvae.distributed import (
     init_distributed,
 )
 from wfvae.errors import ConfigError, InputError, OutputError
-from wfvae.evaluation.registry import METRICS, PER_VIDEO_METRICS, Networks
+from wfvae.evaluation.registry import METRICS, PER_VIDEO_METRICS, Networks, needed_networks
 from wfvae.formats import OUTPUT_FORMATS
 from wfvae.inference.common import (
     DecodedItems,
@@ -258,7 +258,7 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
 
         wanted = [name for name in IN_MEMORY_METRICS if name in cfg.metrics]
         nets = Networks()
-        if any(METRICS[name].needs == "lpips" for name in wanted):
+        if "lpips" in needed_networks(wanted):
             nets.lpips = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=env.device,
                                     offline=cfg.offline or None)
         on_cuda = env.device.type == "cuda"
