@@ -53,6 +53,7 @@ from wfvae.networks.i3d import (
 
 logger = logging.getLogger(__name__)
 
+
 class I3DFeatureExtractor:
     """Turns videos into FVD features with one of the two detectors.
 

@@ -239,6 +239,7 @@ class _RankIndex:
             os.fsync(f.fileno())
         self.records.extend(records)
 
+
 def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=1) + "\n").encode()
 
