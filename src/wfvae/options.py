@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import sys
 import types
 import typing
@@ -57,6 +58,7 @@ __all__ = [
     "FrameOptions",
     "IndexCacheOptions",
     "LpipsOptions",
+    "MemoryBudgetOptions",
     "ModelOptions",
     "OfflineOptions",
     "OverwriteOptions",
@@ -206,6 +208,27 @@ class EncodeChunkOptions:
 
     chunk_size: int | None = option(
         None, "Encode this many frames at a time (a multiple of the temporal compression); exact.")
+
+
+@dataclass(kw_only=True)
+class MemoryBudgetOptions:
+    """Chunk sizes chosen from a memory budget (chunk_size="auto" in the Python API)."""
+
+    max_memory_gb: float | None = option(
+        None, "Choose every chunk size not given explicitly so that one encode or decode call holds at most this "
+        "many GB of tensors beyond the weights (computed per frame size; the full pass when it fits). Chunking is "
+        "exact: outputs do not change.")
+
+    def budget_errors(self) -> list[str]:
+        if self.max_memory_gb is not None and not (math.isfinite(self.max_memory_gb) and self.max_memory_gb > 0):
+            return [f"--max_memory_gb must be a positive number of gigabytes, got {self.max_memory_gb}"]
+        return []
+
+    def chunking(self, chunk_size: int | None) -> dict:
+        """Keyword arguments of ``encode``/``decode``: an explicit ``chunk_size`` wins; else "auto" under the budget."""
+        if chunk_size is not None or self.max_memory_gb is None:
+            return {"chunk_size": chunk_size}
+        return {"chunk_size": "auto", "max_memory_gb": self.max_memory_gb}
 
 
 @dataclass(kw_only=True)

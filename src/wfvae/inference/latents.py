@@ -66,6 +66,7 @@ from wfvae.options import (
     DecodeWorkerOptions,
     EncodeChunkOptions,
     IndexCacheOptions,
+    MemoryBudgetOptions,
     ModelOptions,
     OverwriteOptions,
     VideoFormatOptions,
@@ -74,6 +75,7 @@ from wfvae.options import (
     too_small,
     validate,
 )
+from wfvae.runtime import free_memory_promptly
 from wfvae.utils.device import resolve_device
 from wfvae.utils.io import write_json_option
 from wfvae.utils.logging import setup_logging
@@ -108,8 +110,8 @@ class LatentRecord:
 
 
 @dataclass(kw_only=True)
-class EncodeConfig(ModelOptions, ClipOptions, EncodeChunkOptions, OverwriteOptions, DecodeWorkerOptions,
-                   IndexCacheOptions):
+class EncodeConfig(ModelOptions, ClipOptions, EncodeChunkOptions, MemoryBudgetOptions, OverwriteOptions,
+                   DecodeWorkerOptions, IndexCacheOptions):
     """Settings of ``wfvae encode``."""
 
     ALLOW_ABBREV: ClassVar[bool] = True  # unique prefixes of a flag were accepted before; still are
@@ -122,11 +124,11 @@ class EncodeConfig(ModelOptions, ClipOptions, EncodeChunkOptions, OverwriteOptio
     seed: int = option(0, "Seed of the posterior samples (--sample); rank r uses seed + r.")
 
     def check(self) -> list[str]:
-        return too_small(self, ("shard_size",))
+        return too_small(self, ("shard_size",)) + self.budget_errors()
 
 
 @dataclass(kw_only=True)
-class DecodeConfig(ModelOptions, VideoFormatOptions, OverwriteOptions):
+class DecodeConfig(ModelOptions, VideoFormatOptions, MemoryBudgetOptions, OverwriteOptions):
     """Settings of ``wfvae decode``."""
 
     ALLOW_ABBREV: ClassVar[bool] = True  # unique prefixes of a flag were accepted before; still are
@@ -135,6 +137,9 @@ class DecodeConfig(ModelOptions, VideoFormatOptions, OverwriteOptions):
     out: str = option(REQUIRED, "Video folder (created; resumable).")
     fps: float | None = option(None, "Frame rate of the videos (default: the source's).")
     chunk_size: int | None = option(None, "Decode this many latent frames at a time (exact).")
+
+    def check(self) -> list[str]:
+        return too_small(self, ("chunk_size",), when_given=True) + self.budget_errors()
 
 
 @dataclass(kw_only=True)
@@ -290,6 +295,8 @@ def encode_folder(cfg: EncodeConfig) -> dict:
     validate(cfg)
     env = init_distributed(cfg.device)
     try:
+        if env.device.type == "cpu":
+            free_memory_promptly()  # this process is ours: freed activations go back to the OS at once
         model = load_for_inference(ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=env.device,
                                    offline=cfg.offline or None)
         check_num_frames(model, num_frames)
@@ -358,7 +365,7 @@ def encode_folder(cfg: EncodeConfig) -> dict:
                     continue
                 video = item["video"].unsqueeze(0).to(env.device, non_blocking=True)
                 with torch.inference_mode():
-                    posterior = model.encode(video, chunk_size=cfg.chunk_size)
+                    posterior = model.encode(video, **cfg.chunking(cfg.chunk_size))
                     tensors = {"mean": posterior.mean}
                     if sample:
                         tensors["sample"] = posterior.sample(generator)
@@ -426,6 +433,8 @@ def decode_folder(cfg: DecodeConfig) -> dict:
         raise InputError(f"--latents {latents}: no latents found (expected index.json written by `wfvae encode`)")
     targets = _decode_targets(records, latents_dir, out_dir, fmt)
     dev = resolve_device(cfg.device)
+    if dev.type == "cpu":
+        free_memory_promptly()  # this process is ours: freed activations go back to the OS at once
     model = load_for_inference(ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=dev,
                                offline=cfg.offline or None)
     folder = OutputFolder(out_dir, "decode", {
@@ -448,7 +457,7 @@ def decode_folder(cfg: DecodeConfig) -> dict:
                 scale, shift = model.latent_scale_shift(z)
                 z = z / scale + shift
             with torch.inference_mode():
-                video = model.decode(z, chunk_size=cfg.chunk_size).float().clamp(-1, 1)
+                video = model.decode(z, **cfg.chunking(cfg.chunk_size)).float().clamp(-1, 1)
             writer.submit(write_output, folder, targets[record["key"]], to_uint8_frames(video[0]), fmt,
                           fps or record["fps"] or 24.0, False)
             count += 1

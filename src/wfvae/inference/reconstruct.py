@@ -80,6 +80,7 @@ from wfvae.options import (
     EncodeChunkOptions,
     IndexCacheOptions,
     LpipsOptions,
+    MemoryBudgetOptions,
     ModelOptions,
     OverwriteOptions,
     ResizeOptions,
@@ -90,6 +91,7 @@ from wfvae.options import (
     too_small,
     validate,
 )
+from wfvae.runtime import free_memory_promptly
 from wfvae.utils.io import atomic_write_bytes
 from wfvae.utils.logging import setup_logging
 from wfvae.utils.output_folder import (
@@ -106,8 +108,8 @@ IN_MEMORY_METRICS = PER_VIDEO_METRICS
 
 
 @dataclass(kw_only=True)
-class ReconstructConfig(ModelOptions, ClipOptions, ResizeOptions, EncodeChunkOptions, VideoFormatOptions,
-                        OverwriteOptions, DecodeWorkerOptions, LpipsOptions, IndexCacheOptions):
+class ReconstructConfig(ModelOptions, ClipOptions, ResizeOptions, EncodeChunkOptions, MemoryBudgetOptions,
+                        VideoFormatOptions, OverwriteOptions, DecodeWorkerOptions, LpipsOptions, IndexCacheOptions):
     """Settings of ``wfvae reconstruct`` (the original's gen_video.sh flags keep their names)."""
 
     ALLOW_ABBREV: ClassVar[bool] = True  # unique prefixes of a flag were accepted before; still are
@@ -138,6 +140,7 @@ class ReconstructConfig(ModelOptions, ClipOptions, ResizeOptions, EncodeChunkOpt
             problems.append(f"--metrics {','.join(bad)}: choose from {', '.join(IN_MEMORY_METRICS)}")
         problems += self.clip_errors()
         problems += too_small(self, ("chunk_size", "decode_chunk_size"), when_given=True)
+        problems += self.budget_errors()
         if self.subset_size < 0:
             problems.append(f"--subset_size must be >= 0 (0 = all), got {self.subset_size}")
         problems += too_small(self, ("num_workers",), at_least=0)
@@ -207,6 +210,8 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
         if cfg.dtype == "fp16" and env.device.type != "cuda":
             raise ConfigError(f"--dtype fp16 runs on CUDA only (the device is {env.device}); on a CPU use --dtype bf16 "
                               "or fp32")
+        if env.device.type == "cpu":
+            free_memory_promptly()  # this process is ours: freed activations go back to the OS at once
         model = load_for_inference(cfg.ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=env.device,
                                    offline=cfg.offline or None)
         if src.is_file() and not is_manifest(src):
@@ -277,8 +282,8 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
                     continue
                 video = item["video"].unsqueeze(0).to(env.device, non_blocking=True)  # (1, 3, T, H, W)
                 with torch.inference_mode(), inference_autocast(env.device, cfg.dtype):
-                    z = model.encode(video, chunk_size=cfg.chunk_size).mode()
-                    recon = model.decode(z, chunk_size=cfg.decode_chunk_size).float().clamp(-1, 1)
+                    z = model.encode(video, **cfg.chunking(cfg.chunk_size)).mode()
+                    recon = model.decode(z, **cfg.chunking(cfg.decode_chunk_size)).float().clamp(-1, 1)
                 row = {"path": names[i]}
                 for name in wanted:
                     row[name] = float(METRICS[name].per_video(video, recon, nets)[0])

@@ -17,7 +17,9 @@ from torch import nn
 from wfvae import checkpoint_keys as K
 from wfvae.errors import CheckpointError, ConfigError
 from wfvae.utils.io import atomic_write_bytes
+from wfvae.utils.memory import release_freed_memory
 
+from .chunk_plan import choose_chunk_size
 from .layers import kernel_choice, winograd
 from .layers.blocks import AttentionBase, AttnBlock3D, ResnetBlock2D, ResnetBlock3D
 from .layers.checkpointing import is_checkpointable, set_gradient_checkpointing
@@ -173,15 +175,16 @@ class VideoAutoencoder(nn.Module):
         scale = self.spatial_compression_ratio if latent else 1
         return any(s * scale > self.tile_sample_min_size for s in size)
 
-    def _tiled_encode(self, video: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+    def _tiled_encode(self, video: torch.Tensor, chunk_size: int | str | None, budget: float | None) -> torch.Tensor:
         sf = self.spatial_compression_ratio
         tile, stride = self._tile_geometry()
-        return _run_tiles(lambda x: self._encode_untiled(x, chunk_size), video, tile, stride, scale=1 / sf)
+        return _run_tiles(lambda x: self._encode_untiled(x, chunk_size, budget), video, tile, stride, scale=1 / sf)
 
-    def _tiled_decode(self, latents: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+    def _tiled_decode(self, latents: torch.Tensor, chunk_size: int | str | None, budget: float | None) -> torch.Tensor:
         sf = self.spatial_compression_ratio
         tile, stride = self._tile_geometry()
-        return _run_tiles(lambda z: self._decode_untiled(z, chunk_size), latents, tile // sf, stride // sf, scale=sf)
+        return _run_tiles(lambda z: self._decode_untiled(z, chunk_size, budget), latents, tile // sf, stride // sf,
+                          scale=sf)
 
     # ---------------------------------------------------------------- config
     def _record_config(self, values: dict[str, Any]) -> None:
@@ -320,53 +323,68 @@ class VideoAutoencoder(nn.Module):
             raise ValueError(f"latents must have {self.latent_channels} channels; got {z.shape[1]}")
 
     # ---------------------------------------------------------------- public API
-    def encode(self, video: torch.Tensor, chunk_size: int | None = None) -> DiagonalGaussian:
+    def encode(
+        self, video: torch.Tensor, chunk_size: int | str | None = None, max_memory_gb: float | None = None
+    ) -> DiagonalGaussian:
         """Encode a video into the posterior over latents.
 
         Args:
             video: (B, 3, 1 + k*t, H, W) in [-1, 1], H and W divisible by the spatial factor.
             chunk_size: if given, encode ``chunk_size`` frames at a time (a multiple of the
-                temporal factor) with a causal cache; the result equals the full pass.
+                temporal factor) with a causal cache; the result equals the full pass. ``"auto"``
+                picks it (see ``max_memory_gb``).
+            max_memory_gb: with ``chunk_size="auto"``: the gigabytes of tensors the call may hold
+                at its peak beyond the weights and the input (activations, causal caches, output);
+                the largest chunk whose computed estimate fits is used (the full pass if it fits).
+                Without it, ``"auto"`` takes the smallest chunk (least memory). See
+                :mod:`wfvae.models.chunk_plan`.
         Returns:
             DiagonalGaussian over latents of shape (B, C, 1 + k, H/s, W/s).
+        Raises:
+            ValueError: a bad chunk size or budget, or a budget too small for this frame size.
         """
         self.check_video(video)
-        if chunk_size is not None:
-            tf = self.temporal_compression_ratio
-            if chunk_size <= 0 or chunk_size % tf != 0:
-                raise ValueError(f"chunk_size must be a positive multiple of {tf} frames; got {chunk_size}")
+        _check_chunk_args(chunk_size, max_memory_gb, self.temporal_compression_ratio, "frames")
         if self.use_tiling and self._needs_tiles(video.shape[-2:]):
-            return DiagonalGaussian(self._tiled_encode(video, chunk_size))
-        return DiagonalGaussian(self._encode_untiled(video, chunk_size))
+            return DiagonalGaussian(self._tiled_encode(video, chunk_size, max_memory_gb))
+        return DiagonalGaussian(self._encode_untiled(video, chunk_size, max_memory_gb))
 
-    def _encode_untiled(self, video: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+    def _encode_untiled(self, video: torch.Tensor, chunk_size: int | str | None, budget: float | None) -> torch.Tensor:
+        if chunk_size == "auto":
+            chunk_size = choose_chunk_size(self, "encode", video.shape, video.dtype, budget)
         video = to_channels_last(video)
         if chunk_size is None:
             return self._encode_chunk(video, None)[0].contiguous()
         # first chunk carries the extra leading frame: [0, 1 + n), [1 + n, 1 + 2n), ...
         bounds = [0] + list(range(1 + chunk_size, video.shape[2], chunk_size)) + [video.shape[2]]
-        return self._run_chunks(lambda x, s: self._encode_chunk(x, s)[0], video, bounds).contiguous()
+        frames = 1 + (video.shape[2] - 1) // self.temporal_compression_ratio
+        return self._run_chunks(lambda x, s: self._encode_chunk(x, s)[0], video, bounds, frames)
 
-    def decode(self, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    def decode(
+        self, latents: torch.Tensor, chunk_size: int | str | None = None, max_memory_gb: float | None = None
+    ) -> torch.Tensor:
         """Decode latents (B, C, T', H', W') into a video (B, 3, 1 + (T'-1)*t, H'*s, W'*s).
 
         Args:
             chunk_size: if given, decode ``chunk_size`` latent frames at a time (any value >= 1)
-                with a causal cache; the result equals the full pass.
+                with a causal cache; the result equals the full pass. ``"auto"`` picks it from
+                ``max_memory_gb`` as in :meth:`encode` (without it: one latent frame at a time).
         """
         self.check_latents(latents)
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1 latent frame; got {chunk_size}")
+        _check_chunk_args(chunk_size, max_memory_gb, 1, "latent frames")
         if self.use_tiling and self._needs_tiles(latents.shape[-2:], latent=True):
-            return self._tiled_decode(latents, chunk_size)
-        return self._decode_untiled(latents, chunk_size)
+            return self._tiled_decode(latents, chunk_size, max_memory_gb)
+        return self._decode_untiled(latents, chunk_size, max_memory_gb)
 
-    def _decode_untiled(self, latents: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+    def _decode_untiled(self, latents: torch.Tensor, chunk_size: int | str | None, budget: float | None) -> torch.Tensor:
+        if chunk_size == "auto":
+            chunk_size = choose_chunk_size(self, "decode", latents.shape, latents.dtype, budget)
         latents = to_channels_last(latents)
         if chunk_size is None:
             return self._decode_chunk(latents, None)[0].contiguous()
         bounds = list(range(0, latents.shape[2], chunk_size)) + [latents.shape[2]]
-        return self._run_chunks(lambda z, s: self._decode_chunk(z, s)[0], latents, bounds).contiguous()
+        frames = 1 + (latents.shape[2] - 1) * self.temporal_compression_ratio
+        return self._run_chunks(lambda z, s: self._decode_chunk(z, s)[0], latents, bounds, frames)
 
     def forward(
         self, video: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
@@ -408,20 +426,39 @@ class VideoAutoencoder(nn.Module):
 
     # ---------------------------------------------------------------- internals
     @staticmethod
-    def _run_chunks(fn, x: torch.Tensor, bounds: list[int]) -> torch.Tensor:
-        """Run ``fn`` chunk by chunk; extra passes first resolve clip-level layers (see StreamState)."""
+    def _run_chunks(fn, x: torch.Tensor, bounds: list[int], frames: int) -> torch.Tensor:
+        """Run ``fn`` chunk by chunk into one contiguous output of ``frames`` frames.
+
+        Extra passes first resolve clip-level layers (see StreamState). Each chunk's frames are copied
+        into the output as they come (no list of pieces and no final concatenation, which would hold the
+        output twice), and on CPU the memory the chunk freed goes back to the operating system before the
+        next one (:func:`~wfvae.utils.memory.release_freed_memory`), so the peak is one chunk's working
+        set plus the causal caches and the output.
+        """
         stream = StreamState()
+        on_cpu = x.device.type == "cpu"
         while True:
             stream.new_pass()
-            pieces = []
+            out, filled = None, 0
             for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
                 stream.final = i == len(bounds) - 2
                 try:
-                    pieces.append(fn(x[:, :, start:stop], stream))
+                    piece = fn(x[:, :, start:stop], stream)
                 except StopChunk:
                     continue
+                if out is None:
+                    out = piece.new_empty((piece.shape[0], piece.shape[1], frames, *piece.shape[3:]))
+                if filled + piece.shape[2] > frames:
+                    raise RuntimeError(f"chunked pass produced more than the {frames} frames expected")
+                out[:, :, filled : filled + piece.shape[2]] = piece
+                filled += piece.shape[2]
+                del piece
+                if on_cpu:
+                    release_freed_memory()
             if stream.collecting is None:
-                return torch.cat(pieces, dim=2)
+                if filled != frames:
+                    raise RuntimeError(f"chunked pass produced {filled} frames, expected {frames}")
+                return out
             stream.resolved[stream.collecting] = stream.collecting.resolve(stream.collected)
 
     def _encode_chunk(self, video, stream):  # pragma: no cover - abstract
@@ -429,6 +466,24 @@ class VideoAutoencoder(nn.Module):
 
     def _decode_chunk(self, latents, stream):  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _check_chunk_args(chunk_size, max_memory_gb, unit: int, what: str) -> None:
+    """ValueError unless ``chunk_size`` is None, "auto" or a positive multiple of ``unit``, and ``max_memory_gb``
+    is None or (with "auto") a positive number."""
+    if chunk_size == "auto":
+        if max_memory_gb is not None and (isinstance(max_memory_gb, bool) or not isinstance(max_memory_gb, (int, float))
+                                          or not math.isfinite(max_memory_gb) or max_memory_gb <= 0):
+            raise ValueError(f"max_memory_gb must be a positive number of gigabytes, got {max_memory_gb!r}")
+        return
+    if max_memory_gb is not None:
+        raise ValueError("max_memory_gb chooses the chunk size, so it needs chunk_size='auto'; "
+                         f"got chunk_size={chunk_size!r}")
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0 or chunk_size % unit:
+        kind = f"a positive multiple of {unit} {what}" if unit > 1 else f">= 1 {what.removesuffix('s')}"
+        raise ValueError(f"chunk_size must be {kind} (or 'auto'); got {chunk_size!r}")
 
 
 def _tile_starts(size: int, tile: int, stride: int) -> list[int]:

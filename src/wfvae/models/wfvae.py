@@ -161,8 +161,11 @@ class WFVAEDecoder(nn.Module):
         l1_coeffs = torch.cat([l1_coeffs[:, :3] + l2, l1_coeffs[:, 3:]], dim=1)
         l1 = self.inverse_wavelet_transform_l1(l1_coeffs, stream)
 
-        h = _run(self.up1, h[:, :-efh], stream)
-        h = _run(self.layer, h, stream)
+        # the largest activations: loops rather than _run, so each layer's input is freed once the next
+        # layer has its output (a call's argument stays referenced until the call returns)
+        h = h[:, :-efh]
+        for layer in (*self.up1, *self.layer):
+            h = layer(h, stream)
         h = self.conv_out(F.silu(self.norm_out(h, stream)), stream)  # (B, 24, ...) 3D Haar coefficients
         h, l1 = align(stream, (self, "l1"), h, l1)
         h = torch.cat([h[:, :3] + l1, h[:, 3:]], dim=1)

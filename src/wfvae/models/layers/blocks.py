@@ -57,6 +57,8 @@ class ResnetBlock3D(nn.Module):
 
     @checkpointable
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
+        if not torch.is_grad_enabled() and not (self.training and self.dropout.p > 0):
+            return self._inference(x, stream)
         h = self.conv1(self.norm1(x, stream), stream, apply_silu=True)
         h = self.norm2(h, stream)
         if self.training and self.dropout.p > 0:
@@ -68,6 +70,19 @@ class ResnetBlock3D(nn.Module):
         if torch.is_grad_enabled():
             return x + h
         return h.add_(x)  # no autograd: reuse h's memory (x + h == h + x exactly)
+
+    def _inference(self, x: torch.Tensor, stream: StreamState | None) -> torch.Tensor:
+        """The same arithmetic as ``forward`` without gradients, holding less at once: each norm output is
+        freed once SiLU of it sits in the causal window, and the first conv's output once it is normalised,
+        so a convolution runs with only the block input, its window and its output alive."""
+        h = self.conv1.convolve_window(self.conv1.silu_window(self.norm1(x, stream), stream))
+        window = self.conv2.silu_window(self.norm2(h, stream), stream)
+        del h
+        h = self.conv2.convolve_window(window)
+        del window
+        if self.in_channels != self.out_channels:
+            x = self.nin_shortcut(x, stream)
+        return h.add_(x)  # reuse h's memory (x + h == h + x exactly)
 
 
 class AttentionBase(nn.Module):

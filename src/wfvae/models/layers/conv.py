@@ -105,12 +105,24 @@ class CausalConv3d(nn.Module):
         clip or stream chunk), so neither the activation nor the padding costs a separate copy.
         """
         if apply_silu and not torch.is_grad_enabled():
-            x = causal_time_window(x, stream, self, self.time_kernel, self.time_stride, silu=True)
+            x = self.silu_window(x, stream)
         else:
             x = self.pad(F.silu(x) if apply_silu else x, stream)
-        if x.shape[2] < self.time_kernel:
-            return self._no_frames(x)
-        return self._convolve(x)
+        return self.convolve_window(x)
+
+    def silu_window(self, x: torch.Tensor, stream: StreamState | None) -> torch.Tensor:
+        """The causally padded window of ``silu(x)`` (no gradients), for :meth:`convolve_window`.
+
+        Splitting ``forward`` in two lets a caller drop ``x`` (e.g. a norm output) before the
+        convolution allocates its output, so the two are never alive together.
+        """
+        return causal_time_window(x, stream, self, self.time_kernel, self.time_stride, silu=True)
+
+    def convolve_window(self, window: torch.Tensor) -> torch.Tensor:
+        """Convolve a window from :meth:`pad` or :meth:`silu_window` (no padding added)."""
+        if window.shape[2] < self.time_kernel:
+            return self._no_frames(window)
+        return self._convolve(window)
 
     def _convolve(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv_kernel != "direct" and winograd.applies(x, self.time_kernel):

@@ -1,0 +1,103 @@
+"""chunk_size="auto" / max_memory_gb: chunk sizes from a memory budget, outputs equal to the full pass."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from wfvae.errors import ConfigError
+from wfvae.inference.latents import DecodeConfig, EncodeConfig
+from wfvae.inference.reconstruct import ReconstructConfig
+from wfvae.models import build_model
+from wfvae.models.chunk_plan import MemoryBudgetError, choose_chunk_size, estimate_call_bytes
+from wfvae.options import parse_config
+from wfvae.runtime import free_memory_promptly
+from wfvae.utils.memory import release_freed_memory
+
+ROOT = Path(__file__).parents[1]
+GB = 1e9
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_model(ROOT / "examples" / "configs" / "wfvae_tiny.json").double().eval()
+
+
+def _video(frames, size=32):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(1, 3, frames, size, size, generator=g, dtype=torch.float64) * 2 - 1
+
+
+def test_estimate_is_flat_in_length_when_chunked_and_grows_with_chunk(tiny):
+    shape = lambda t: (1, tiny.latent_channels, t, 8, 8)  # noqa: E731
+    out_frame = 3 * 64 * 64 * 8  # one decoded float64 frame
+    tf = tiny.temporal_compression_ratio
+    one = [estimate_call_bytes(tiny, "decode", shape(t), torch.float64, 1) for t in (4, 16)]
+    # 12 more latent frames add only their 48 output frames: the working set does not grow with length
+    assert one[1] - one[0] == 12 * tf * out_frame
+    per_chunk = [estimate_call_bytes(tiny, "decode", shape(16), torch.float64, c) for c in (1, 2, 4)]
+    full = estimate_call_bytes(tiny, "decode", shape(16), torch.float64, None)
+    assert per_chunk[0] < per_chunk[1] < per_chunk[2] < full
+    assert full >= (1 + 15 * tf) * out_frame  # at least the output itself
+
+
+def test_auto_respects_the_budget_and_equals_the_full_pass(tiny):
+    video = _video(1 + 8 * tiny.temporal_compression_ratio)
+    with torch.no_grad():
+        full = tiny.encode(video).moments
+        z = full[:, : tiny.latent_channels]
+        ref = tiny.decode(z)
+        smallest = estimate_call_bytes(tiny, "decode", z.shape, z.dtype, 1)
+        whole = estimate_call_bytes(tiny, "decode", z.shape, z.dtype, None)
+        chosen = {}
+        for budget in (smallest * 1.01, (smallest + whole) / 2, whole * 1.01):
+            chunk = choose_chunk_size(tiny, "decode", z.shape, z.dtype, budget / GB)
+            chosen[budget] = chunk
+            assert estimate_call_bytes(tiny, "decode", z.shape, z.dtype, chunk) <= budget
+            out = tiny.decode(z, chunk_size="auto", max_memory_gb=budget / GB)
+            torch.testing.assert_close(out, ref, atol=1e-8, rtol=0)
+        assert list(chosen.values())[0] == 1 and list(chosen.values())[-1] is None  # full pass once it fits
+        enc_budget = estimate_call_bytes(tiny, "encode", video.shape, video.dtype, 8) * 1.01
+        assert choose_chunk_size(tiny, "encode", video.shape, video.dtype, enc_budget / GB) == 8
+        enc = tiny.encode(video, chunk_size="auto", max_memory_gb=enc_budget / GB).moments
+        torch.testing.assert_close(enc, full, atol=1e-8, rtol=0)
+        # no budget: the smallest chunks, still exact
+        torch.testing.assert_close(tiny.encode(video, chunk_size="auto").moments, full, atol=1e-8, rtol=0)
+        torch.testing.assert_close(tiny.decode(z, chunk_size="auto"), ref, atol=1e-8, rtol=0)
+    assert choose_chunk_size(tiny, "encode", video.shape, video.dtype) == tiny.temporal_compression_ratio
+    assert choose_chunk_size(tiny, "decode", z.shape, z.dtype) == 1
+
+
+def test_bad_budgets_are_clear_errors(tiny):
+    video = _video(9)
+    with pytest.raises(MemoryBudgetError, match="too small .* smallest chunk needs about"):
+        tiny.encode(video, chunk_size="auto", max_memory_gb=1e-6)
+    assert issubclass(MemoryBudgetError, ValueError)
+    for bad in (0, -1.0, float("nan"), "2"):
+        with pytest.raises(ValueError, match="max_memory_gb must be a positive number"):
+            tiny.decode(torch.zeros(1, 4, 3, 2, 2, dtype=torch.float64), chunk_size="auto", max_memory_gb=bad)
+    with pytest.raises(ValueError, match="needs chunk_size='auto'"):
+        tiny.encode(video, chunk_size=4, max_memory_gb=1.0)
+    with pytest.raises(ValueError, match="or 'auto'"):
+        tiny.encode(video, chunk_size="big")
+
+
+def test_commands_take_max_memory_gb():
+    common = ["--ckpt", "m"]
+    cfg = parse_config(ReconstructConfig, common + ["--real_video_dir", "a", "--generated_video_dir", "b",
+                                                    "--max_memory_gb", "1.5", "--decode_chunk_size", "2"],
+                       prog="wfvae")
+    assert cfg.chunking(cfg.chunk_size) == {"chunk_size": "auto", "max_memory_gb": 1.5}
+    assert cfg.chunking(cfg.decode_chunk_size) == {"chunk_size": 2}  # an explicit size wins
+    cfg = parse_config(EncodeConfig, common + ["--video_path", "a", "--out", "b"], prog="wfvae")
+    assert cfg.chunking(cfg.chunk_size) == {"chunk_size": None}
+    for cls, args in ((DecodeConfig, ["--latents", "a", "--out", "b"]), (EncodeConfig, ["--video_path", "a", "--out", "b"])):
+        with pytest.raises(ConfigError, match="--max_memory_gb must be a positive number"):
+            parse_config(cls, common + args + ["--max_memory_gb", "0"], prog="wfvae")
+
+
+def test_allocator_helpers_apply_on_glibc():
+    # the project runs on Linux/glibc; elsewhere both report False and change nothing
+    assert release_freed_memory() is True
+    assert free_memory_promptly() is True
