@@ -90,11 +90,16 @@ def _load_reference(job):
     return model.eval()
 
 
+def _chunk(value: str) -> dict:
+    return {"chunk_size": value if value == "auto" else int(value)}
+
+
 def _operation(impl: str, model, job, video, latents):
     """A closure running the job's mode on ``model`` and returning the output tensor."""
     mode, chunked = job["mode"], job["variant"] == "chunked"
-    enc_kw = {"chunk_size": job["enc_chunk"]} if chunked else {}
-    dec_kw = {"chunk_size": job["dec_chunk"]} if chunked else {}
+    budget = {"max_memory_gb": job["max_memory_gb"]} if job.get("max_memory_gb") else {}
+    enc_kw = dict(_chunk(job["enc_chunk"]), **budget) if chunked else {}
+    dec_kw = dict(_chunk(job["dec_chunk"]), **budget) if chunked else {}
     if impl == "ours":
         encode = lambda x: model.encode(x, **enc_kw).moments
         decode = lambda z: model.decode(z, **dec_kw)
@@ -128,6 +133,10 @@ def worker(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     device, dtype = job["device"], DTYPES[job["dtype"]]
     what = job["what"]
+    if job.get("free_promptly") == "both" or (job.get("free_promptly") == "ours" and what == "ours"):
+        from wfvae.runtime import free_memory_promptly
+
+        free_memory_promptly()  # as the inference commands do on CPU (process-wide glibc setting)
     models = {}
     if what in ("time", "ours"):
         models["ours"] = _load_ours(job)
@@ -214,8 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", nargs="+", default=["roundtrip"], choices=["encode", "decode", "roundtrip"])
     p.add_argument("--variants", nargs="+", default=["full"], choices=["full", "chunked"])
     p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=sorted(DTYPES))
-    p.add_argument("--enc_chunk", type=int, default=8, help="frames per encoder chunk (chunked variant)")
-    p.add_argument("--dec_chunk", type=int, default=2, help="latent frames per decoder chunk (chunked variant)")
+    p.add_argument("--enc_chunk", default="8", help="frames per encoder chunk, or auto (chunked variant)")
+    p.add_argument("--dec_chunk", default="2", help="latent frames per decoder chunk, or auto (chunked variant)")
+    p.add_argument("--max_memory_gb", type=float, default=None, help="budget of auto chunk sizes (chunked variant)")
+    p.add_argument("--free_promptly", default="none", choices=["none", "ours", "both"],
+                   help="memory workers: apply wfvae.runtime.free_memory_promptly() (what the inference commands do "
+                        "on CPU) in our process, or in both implementations' processes")
     p.add_argument("--conv", default="auto", choices=["auto", "direct", "winograd"],
                    help="our 3x3 convolutions: auto (as the inference commands: the faster of direct and Winograd "
                         "per layer shape, timed in this run's first call of each shape), oneDNN's direct kernels, "
@@ -257,6 +270,7 @@ def main(argv=None) -> int:
         for mode, variant, dtype, frames, size in grid:
             base = dict(facts, weights=weights, reference_repo=args.reference_repo, mode=mode, variant=variant,
                         dtype=dtype, frames=frames, size=size, enc_chunk=args.enc_chunk, dec_chunk=args.dec_chunk,
+                        max_memory_gb=args.max_memory_gb, free_promptly=args.free_promptly,
                         conv=args.conv, device=args.device, threads=args.threads, repeats=args.repeats,
                         warmup=args.warmup)
             row = dict(base, weights=None)
