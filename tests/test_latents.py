@@ -56,14 +56,19 @@ def test_encode_is_sharded_indexed_and_resumable(setup, tmp_path, capsys):
         (videos / "b" / "new.mp4").unlink()
 
 
-def test_decode_round_trip_equals_reconstruct(setup, tmp_path):
+def test_decode_round_trip_equals_reconstruct(setup, tmp_path, capsys):
     base, model_dir, videos = setup
     assert _encode(setup, tmp_path / "lat") == 0
+    # --max_memory_gb: chunk sizes chosen from the budget (exact, so the videos still agree)
     assert cli(["decode", "--latents", str(tmp_path / "lat"), "--ckpt", str(model_dir), "--out",
-                str(tmp_path / "dec"), "--format", "mkv"]) == 0
+                str(tmp_path / "dec"), "--format", "mkv", "--max_memory_gb", "0.5"]) == 0
     assert cli(["reconstruct", "--real_video_dir", str(videos), "--generated_video_dir", str(tmp_path / "rec"),
                 "--ckpt", str(model_dir), "--num_frames", "9", "--resolution", "32", "--format", "mkv",
-                "--device", "cpu", "--cache_dir", str(base / "cache")]) == 0
+                "--device", "cpu", "--cache_dir", str(base / "cache"), "--max_memory_gb", "0.5"]) == 0
+    capsys.readouterr()
+    assert cli(["decode", "--latents", str(tmp_path / "lat"), "--ckpt", str(model_dir), "--out",
+                str(tmp_path / "dec_small"), "--max_memory_gb", "1e-9"]) == 2
+    assert "is too small to decode" in capsys.readouterr().err
     for rel in ["a/c0.mkv", "a/c1.mkv", "b/c2.mkv"]:
         decoded, recon = read_video(tmp_path / "dec" / rel), read_video(tmp_path / "rec" / rel)
         assert decoded.shape == recon.shape == (9, 32, 32, 3)
