@@ -21,14 +21,21 @@ set to ``None`` before each step, so every step allocates them as a training ste
 
 Variants: ``ours`` (plain backward), ``ours_ckpt`` (``enable_gradient_checkpointing()``) and, with
 ``--reference_repo``, ``original`` (the checkout's ``WFVAEModel``, loaded strictly with the same
-weights). ``--dtype bf16`` runs all of them under ``torch.autocast(bfloat16)``.
+weights) and ``original_fixed`` (the same, with our host-allocator setting). ``--dtype bf16`` runs all of
+them under ``torch.autocast(bfloat16)``.
+
+Host allocator (``--allocator``): ``fixed`` (default) runs ours as ``wfvae train --release_host_memory`` does,
+with glibc's mmap threshold fixed (``wfvae.runtime.free_memory_promptly``) so freed activations leave the
+process, and the original as its own trainer runs, with glibc's defaults; ``original_fixed`` separates the
+allocator's share from the tensors'. ``default``: every variant with glibc's defaults (no ``original_fixed``).
 
 * memory: one fresh process per variant loads the model and reads its resident set (the base),
   runs ``--memory_warmup`` steps (default none), then one step with the peak resident set (``VmHWM``) reset just before
   it; ``growth`` = that peak minus the base (activations, gradients, workspace and whatever the
   allocator kept from the warm-up: the weights are the same in all variants). On CUDA
   ``torch.cuda.max_memory_allocated`` of the step minus the memory allocated after loading.
-* time: one process holds ours and the original, alternates ours, ours_ckpt, original for
+* time: one process holds ours and the original (with ``--allocator fixed`` both under the fixed
+  threshold, since it is per process), alternates ours, ours_ckpt, original for
   ``--repeats`` timed steps after ``--warmup`` (ours and ours_ckpt are one model, checkpointing
   switched on and off); medians. The first step's losses and gradients are compared: ours_ckpt
   against ours (max relative difference over parameters) and ours against the original (loss).
@@ -50,9 +57,11 @@ from pathlib import Path
 import torch
 
 from machine import describe, machine_info
+from wfvae.models.base import WEIGHTS_NAME
+from wfvae.runtime import free_memory_promptly
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("ours", "ours_ckpt", "original")
+VARIANTS = ("ours", "ours_ckpt", "original", "original_fixed")
 
 
 # --------------------------------------------------------------------------- worker side
@@ -66,13 +75,13 @@ def _rss_mb(field: str) -> float:
 def _load(name: str, job: dict):
     from safetensors.torch import load_file
 
-    if name == "original":
+    if name.startswith("original"):
         sys.path.insert(0, job["reference_repo"])  # only this benchmark path sees the original
         from causalvideovae.model.vae.modeling_wfvae import WFVAEModel
 
         config = json.loads((Path(job["weights"]) / "config.json").read_text())
         model = WFVAEModel(**{k: v for k, v in config.items() if not k.startswith("_")})
-        model.load_state_dict(load_file(str(Path(job["weights"]) / "model.safetensors")), strict=True)
+        model.load_state_dict(load_file(str(Path(job["weights"]) / WEIGHTS_NAME)), strict=True)
     else:
         from wfvae.models import load_model
 
@@ -89,7 +98,7 @@ def _video(job) -> torch.Tensor:
 def _step(name: str, model, video: torch.Tensor, job: dict) -> float:
     """One generator forward + loss + backward; returns the loss."""
     model.zero_grad(set_to_none=True)
-    if name != "original":
+    if not name.startswith("original"):
         if name == "ours_ckpt":
             model.enable_gradient_checkpointing()
         else:
@@ -97,7 +106,7 @@ def _step(name: str, model, video: torch.Tensor, job: dict) -> float:
     torch.manual_seed(1234)  # the same posterior noise for every variant
     with torch.autocast(video.device.type, dtype=torch.bfloat16, enabled=job["dtype"] == "bf16"):
         out = model(video)
-        if name == "original":
+        if name.startswith("original"):
             recon, posterior, extra = out.sample, out.latent_dist, out.extra_output
         else:
             recon, posterior, extra = out.sample, out.posterior, out.extra
@@ -117,9 +126,13 @@ def _sync(device: str) -> None:
 
 def worker(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
+    name = job.get("variant")
+    if job["allocator"] == "fixed" and name != "original":  # before anything large is allocated, as in training
+        fixed = free_memory_promptly()
+    else:
+        fixed = False
     video = _video(job)
     if job["what"] == "memory":
-        name = job["variant"]
         model = _load(name, job)
         # the base is taken before any step: memory the allocator keeps from a warm-up step (glibc does not
         # return every freed block) would otherwise hide part of the measured step's peak
@@ -138,32 +151,36 @@ def worker(job: dict) -> dict:
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
             _step(name, model, video, job)
             peak = _rss_mb("VmHWM")
-        return {"peak_mb": peak, "base_mb": base, "growth_mb": peak - base}
+        return {"peak_mb": peak, "base_mb": base, "growth_mb": peak - base, "mmap_threshold_fixed": fixed}
 
     models = {"ours": _load("ours", job)}
     models["ours_ckpt"] = models["ours"]  # the same module, checkpointing switched on for this variant
     if job["reference_repo"]:
         models["original"] = _load("original", job)
     times = {name: [] for name in models}
+    cpu_times = {name: [] for name in models}  # process CPU time (all threads): less distorted by load than wall
     first_loss, first_grads = {}, {}
     for r in range(job["warmup"] + job["repeats"]):
         for name, model in models.items():
             _sync(job["device"])
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             loss = _step(name, model, video, job)
             _sync(job["device"])
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
             print(f"  step {r} {name:9s} {elapsed:8.3f} s  loss {loss:.6g}", file=sys.stderr, flush=True)
             if r >= job["warmup"]:
                 times[name].append(elapsed)
+                cpu_times[name].append(cpu)
             if r == 0:
                 first_loss[name] = loss
-                if name != "original":
+                if not name.startswith("original"):
                     first_grads[name] = {n: p.grad.detach().clone() for n, p in model.named_parameters()
                                          if p.grad is not None}
     rel = max(((first_grads["ours_ckpt"][k] - g).norm() / g.norm().clamp_min(1e-30)).item()
               for k, g in first_grads["ours"].items())
-    result = {"times_s": times, "first_loss": first_loss, "grad_max_rel_diff_ckpt_vs_plain": rel}
+    result = {"times_s": times, "cpu_times_s": cpu_times, "first_loss": first_loss,
+              "grad_max_rel_diff_ckpt_vs_plain": rel,
+              "mmap_threshold_fixed": fixed, "loadavg_after": os.getloadavg()}
     if "original" in first_loss:
         result["loss_abs_diff_ours_vs_original"] = abs(first_loss["ours"] - first_loss["original"])
     return result
@@ -194,6 +211,9 @@ def main(argv=None) -> int:
     p.add_argument("--memory_warmup", type=int, default=0,
                    help="steps before the measured one in the memory processes (0: the first step is measured; "
                         "more adds what glibc keeps from earlier steps to the peak)")
+    p.add_argument("--allocator", default="fixed", choices=["fixed", "default"],
+                   help="fixed: ours (and original_fixed) with the fixed glibc mmap threshold of wfvae train "
+                        "--release_host_memory; default: glibc's defaults everywhere")
     p.add_argument("--skip_time", action="store_true")
     p.add_argument("--skip_memory", action="store_true")
     p.add_argument("--json", default=str(ROOT / "benchmarks/results/train_memory.json"))
@@ -210,7 +230,8 @@ def main(argv=None) -> int:
     from wfvae.models import build_model
 
     info = machine_info(args.threads)
-    variants = [v for v in VARIANTS if v != "original" or args.reference_repo]
+    variants = [v for v in VARIANTS if (not v.startswith("original") or args.reference_repo)
+                and (v != "original_fixed" or args.allocator == "fixed")]
     result = {"machine": info, "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
     with tempfile.TemporaryDirectory(prefix="wfvae_bench_train_memory_") as scratch:
         torch.manual_seed(0)
@@ -218,7 +239,7 @@ def main(argv=None) -> int:
         job = {"weights": str(weights), "reference_repo": args.reference_repo, "frames": args.frames,
                "size": args.size, "batch": args.batch, "dtype": args.dtype, "device": args.device,
                "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
-               "memory_warmup": args.memory_warmup}
+               "memory_warmup": args.memory_warmup, "allocator": args.allocator}
         if not args.skip_memory:
             result["memory"] = {}
             for v in variants:
@@ -237,16 +258,20 @@ def main(argv=None) -> int:
 def format_table(args, result: dict, variants: list[str]) -> str:
     mem, tim = result.get("memory", {}), result.get("time", {})
     med = {v: statistics.median(t) for v, t in tim.get("times_s", {}).items()}
+    cpu = {v: statistics.median(t) for v, t in tim.get("cpu_times_s", {}).items()}
     ref = "original" if "original" in variants else "ours"
     lines = [f"{Path(args.config).name}, {args.frames}x{args.size}x{args.size}, batch {args.batch}, {args.dtype}, "
-             f"{args.device}; {describe(result['machine'])}",
-             f"| variant | peak growth MB | vs {ref} | step s (median) | vs {ref} |", "|---|---|---|---|---|"]
+             f"{args.device}, allocator {args.allocator}; {describe(result['machine'])}",
+             f"| variant | peak growth MB | vs {ref} | step s (median) | vs {ref} | CPU s | vs {ref} |",
+             "|---|---|---|---|---|---|---|"]
     for v in variants:
         g = mem.get(v, {}).get("growth_mb")
         g_ref = mem.get(ref, {}).get("growth_mb")
         t, t_ref = med.get(v), med.get(ref)
         lines.append(f"| {v} | {g:.0f} | {g / g_ref:.2f} | " if g is not None and g_ref else f"| {v} | - | - | ")
         lines[-1] += f"{t:.3f} | {t / t_ref:.2f} |" if t is not None and t_ref else "- | - |"
+        c, c_ref = cpu.get(v), cpu.get(ref)
+        lines[-1] += f" {c:.3f} | {c / c_ref:.2f} |" if c is not None and c_ref else " - | - |"
     if tim:
         lines.append(f"first step: gradients with checkpointing vs without, max relative difference "
                      f"{tim['grad_max_rel_diff_ckpt_vs_plain']:.1e}"

@@ -11,6 +11,8 @@
 #   bash examples/train_ddp.sh --fsdp
 #   # activations that do not fit (long clips, high resolution): recompute each block in the backward pass
 #   bash examples/train_ddp.sh --gradient_checkpointing
+#   # CPU training: give host memory each step frees back to the OS (lower peak RSS; small tensors get slower)
+#   bash examples/train_ddp.sh --release_host_memory
 #   # after a crash or pre-emption, continue from the newest checkpoint of the run:
 #   bash examples/train_ddp.sh --resume_from_checkpoint latest
 #

@@ -95,6 +95,11 @@ class TrainConfig(DeviceOptions, OfflineOptions, ResizeOptions):
         False, "Recompute each ResNet, attention and up/down-sampling block of the generator in the backward pass "
         "instead of keeping its activations (less memory, about one extra forward pass of time; gradients are "
         "unchanged, also under --mix_precision bf16).")
+    release_host_memory: bool = option(
+        False, "Fix glibc's mmap threshold at 128 KiB at start-up, so host memory a step frees goes back to the OS "
+        "instead of staying resident: for training on the CPU, where glibc's retention can exceed the step's live "
+        "tensors (benchmarks/RESULTS.md). Costs a fresh mapping (page faults) per allocation of 128 KiB or more, "
+        "which can slow down steps made of many small tensors. No effect without glibc.")
     fsdp_param_dtype: Literal["fp32", "bf16"] = option(
         "fp32", "With --fsdp: dtype in which the sharded parameters are gathered and used in forward and backward "
         "(FSDP2 MixedPrecisionPolicy). bf16 halves the all-gather traffic and the gathered weights; gradients are "

@@ -61,7 +61,7 @@ from wfvae.distributed import (
     init_distributed,
 )
 from wfvae.errors import CheckpointError, ConfigError, MissingWeightsError
-from wfvae.runtime import configure_backends, resolve_precision
+from wfvae.runtime import configure_backends, free_memory_promptly, resolve_precision
 from wfvae.training import builders
 from wfvae.training.builders import PRECISIONS, preflight, seed_everything
 from wfvae.training.checkpoint import (
@@ -518,6 +518,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration OK: run folder {cfg.run_dir}")
         return 0
 
+    # before the model and the data exist, so that every large allocation of the run is affected
+    if cfg.release_host_memory:
+        if free_memory_promptly():
+            logger.info("--release_host_memory: glibc mmap threshold fixed at 128 KiB (freed memory leaves at once)")
+        else:
+            logger.warning("--release_host_memory has no effect here: the C library has no mallopt (not glibc)")
     env = init_distributed(cfg.device)
     trainer = None
     try:
