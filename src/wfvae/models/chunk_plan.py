@@ -136,8 +136,8 @@ def _candidates(model, kind: str, frames: int) -> list[int]:
 def choose_chunk_size(model, kind: str, shape, dtype: torch.dtype, max_memory_gb: float | None = None) -> int | None:
     """The chunk size for ``chunk_size="auto"``.
 
-    Without a budget: the smallest chunk (:func:`smallest_chunk`), the least memory (exact streaming does
-    no extra arithmetic for small chunks). With ``max_memory_gb``: the largest chunk (powers of two of the
+    Without a budget: the smallest chunk (:func:`smallest_chunk`), the least memory (exact streaming
+    recomputes no convolution for small chunks). With ``max_memory_gb``: the largest chunk (powers of two of the
     smallest) whose estimated peak (:func:`estimate_call_bytes`) fits, or None (the full pass) when the
     full pass fits.
 
