@@ -11,7 +11,6 @@ from wfvae.inference.reconstruct import ReconstructConfig
 from wfvae.models import build_model
 from wfvae.models.chunk_plan import MemoryBudgetError, choose_chunk_size, estimate_call_bytes
 from wfvae.options import parse_config
-from wfvae.runtime import free_memory_promptly
 from wfvae.utils.memory import release_freed_memory
 
 ROOT = Path(__file__).parents[1]
@@ -97,7 +96,7 @@ def test_commands_take_max_memory_gb():
             parse_config(cls, common + args + ["--max_memory_gb", "0"], prog="wfvae")
 
 
-def test_allocator_helpers_apply_on_glibc():
-    # the project runs on Linux/glibc; elsewhere both report False and change nothing
+def test_release_freed_memory_applies_on_glibc():
+    # the project runs on Linux/glibc (elsewhere it reports False and does nothing); free_memory_promptly, being
+    # process-wide, is tested in a fresh process by test_host_allocator.py
     assert release_freed_memory() is True
-    assert free_memory_promptly() is True

@@ -119,7 +119,9 @@ def free_memory_promptly() -> bool:
     glibc's initial 128 KiB (``mallopt(M_MMAP_THRESHOLD)``, the same as ``MALLOC_MMAP_THRESHOLD_=131072``)
     gives every tensor above it its own mapping, unmapped when freed. Measured on a WF-VAE-L chunked round
     trip (``benchmarks/RESULTS.md``, "Chunked inference memory"): peak resident growth 259 instead of
-    385-410 MB at 33x128x128, with no measurable change in time.
+    385-410 MB at 33x128x128, in 80.5 instead of 78.8 CPU-seconds (one profiled pair on a loaded machine).
+    Every allocation of 128 KiB or more then costs a fresh mapping and its page faults, which weighs more
+    in work made of many small tensors.
     """
     name = ctypes.util.find_library("c")
     try:
