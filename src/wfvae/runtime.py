@@ -112,8 +112,9 @@ _MMAP_THRESHOLD_BYTES = 128 * 1024
 def free_memory_promptly() -> bool:
     """Let this process return freed tensor memory to the OS at once (glibc only); True if applied.
 
-    The inference commands call it when they run on CPU; it is process-wide, so the Python API never does
-    it by itself (call it yourself when the process is yours). glibc serves allocations below its mmap
+    The inference commands call it on CPU when ``--max_memory_gb`` is given (``--release_host_memory`` in
+    training); it is process-wide, so the Python API never does it by itself (call it yourself when the
+    process is yours). glibc serves allocations below its mmap
     threshold from heaps that keep freed memory resident, and it raises that threshold up to 32 MiB as soon
     as a large block is freed, so most activation tensors end up in those heaps. Fixing the threshold at
     glibc's initial 128 KiB (``mallopt(M_MMAP_THRESHOLD)``, the same as ``MALLOC_MMAP_THRESHOLD_=131072``)

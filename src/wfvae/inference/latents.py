@@ -295,8 +295,9 @@ def encode_folder(cfg: EncodeConfig) -> dict:
     validate(cfg)
     env = init_distributed(cfg.device)
     try:
-        if env.device.type == "cpu":
-            free_memory_promptly()  # this process is ours: freed activations go back to the OS at once
+        if env.device.type == "cpu" and cfg.max_memory_gb is not None:
+            # a memory budget asks for it: freed activations leave this process at once (costs page faults)
+            free_memory_promptly()
         model = load_for_inference(ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=env.device,
                                    offline=cfg.offline or None)
         check_num_frames(model, num_frames)
@@ -433,8 +434,9 @@ def decode_folder(cfg: DecodeConfig) -> dict:
         raise InputError(f"--latents {latents}: no latents found (expected index.json written by `wfvae encode`)")
     targets = _decode_targets(records, latents_dir, out_dir, fmt)
     dev = resolve_device(cfg.device)
-    if dev.type == "cpu":
-        free_memory_promptly()  # this process is ours: freed activations go back to the OS at once
+    if dev.type == "cpu" and cfg.max_memory_gb is not None:
+        # a memory budget asks for it: freed activations leave this process at once (costs page faults)
+        free_memory_promptly()
     model = load_for_inference(ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=dev,
                                offline=cfg.offline or None)
     folder = OutputFolder(out_dir, "decode", {

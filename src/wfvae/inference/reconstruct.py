@@ -210,8 +210,9 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
         if cfg.dtype == "fp16" and env.device.type != "cuda":
             raise ConfigError(f"--dtype fp16 runs on CUDA only (the device is {env.device}); on a CPU use --dtype bf16 "
                               "or fp32")
-        if env.device.type == "cpu":
-            free_memory_promptly()  # this process is ours: freed activations go back to the OS at once
+        if env.device.type == "cpu" and cfg.max_memory_gb is not None:
+            # a memory budget asks for it: freed activations leave this process at once (costs page faults)
+            free_memory_promptly()
         model = load_for_inference(cfg.ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=env.device,
                                    offline=cfg.offline or None)
         if src.is_file() and not is_manifest(src):
