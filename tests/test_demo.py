@@ -3,7 +3,10 @@
 import json
 from html.parser import HTMLParser
 
+import pytest
+
 from wfvae.cli import main as cli
+from wfvae.demo.dataset import make_demo_dataset
 from wfvae.demo.run import FAST_MODEL_CONFIG, fit_steps
 
 
@@ -45,6 +48,17 @@ def test_fit_steps_fills_the_time_budget():
     steps, per_step = fit_steps(60.0, FAST_MODEL_CONFIG, num_frames=5, size=16, batch=1, repeats=1)
     assert per_step > 0 and steps == max(20, int(60.0 / per_step))
     assert fit_steps(1e-6, FAST_MODEL_CONFIG, 5, 16, 1, repeats=1)[0] == 20  # never fewer than 20 steps
+
+
+def test_fit_steps_times_the_real_clips(tmp_path):
+    """With ``video_path`` the timed steps read their clips through the trainer's dataset class."""
+    make_demo_dataset(tmp_path / "data", n_train=2, n_val=0, num_frames=5, size=16, seed=0)
+    steps, per_step = fit_steps(60.0, FAST_MODEL_CONFIG, num_frames=5, size=16, batch=2, repeats=1,
+                                video_path=tmp_path / "data" / "train")
+    assert per_step > 0 and steps == max(20, int(60.0 / per_step))
+    with pytest.raises(ValueError, match="no usable video"):
+        fit_steps(60.0, FAST_MODEL_CONFIG, num_frames=9, size=16, batch=1, repeats=1,
+                  video_path=tmp_path / "data" / "train")  # 5-frame clips are too short for 9 frames
 
 
 def test_bad_budget_or_steps_is_one_clear_error(tmp_path, capsys):

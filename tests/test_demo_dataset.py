@@ -84,6 +84,28 @@ def test_deterministic_by_seed(tmp_path):
     assert np.abs(first.astype(int) - make_demo_clip(photo, "pan", 5, 16, seed=2)[0]).mean() > 1
 
 
+def test_train_clips_at_their_own_size_show_the_same_views(tmp_path):
+    """``train_size`` renders the training clips smaller (the held-out ones keep ``size``); each clip keeps its
+    photo, motion and field of view, so the small clip looks like the large one shrunk."""
+    big = make_demo_dataset(tmp_path / "big", n_train=3, n_val=1, num_frames=5, size=32, seed=5)
+    small = make_demo_dataset(tmp_path / "small", n_train=3, n_val=1, num_frames=5, size=32, train_size=16, seed=5)
+    assert small["train_size"] == 16 and big["train_size"] == 32 and small["size"] == 32
+    assert small["clips"] == big["clips"]
+    for rel in small["val"]:
+        np.testing.assert_array_equal(read_video(tmp_path / "small" / rel), read_video(tmp_path / "big" / rel))
+    for rel in small["train"]:
+        clip = read_video(tmp_path / "small" / rel).astype(np.float64)
+        assert clip.shape == (5, 16, 16, 3), rel
+        shrunk = read_video(tmp_path / "big" / rel).astype(np.float64).reshape(5, 16, 2, 16, 2, 3).mean(axis=(2, 4))
+        other = read_video(tmp_path / "big" / big["train"][(big["train"].index(rel) + 1) % 3]).astype(np.float64)
+        other = other.reshape(5, 16, 2, 16, 2, 3).mean(axis=(2, 4))
+        # Same view: far closer to its own shrunk large clip than to another clip's (motion speeds are in
+        # output pixels per frame, so later frames drift apart a little).
+        assert np.abs(clip[0] - shrunk[0]).mean() < 0.5 * np.abs(clip[0] - other[0]).mean(), rel
+    with pytest.raises(ValueError, match="train_size"):
+        make_demo_dataset(tmp_path / "bad", n_train=1, n_val=0, size=32, train_size=4)
+
+
 def test_loads_as_training_data(demo):
     root, _ = demo
     ds = VideoFolderDataset(root / "train", num_frames=FRAMES, sample_rate=1, resolution=SIZE, train=False)

@@ -362,6 +362,7 @@ def make_demo_dataset(
     num_frames: int = 17,
     size: int = 64,
     seed: int = 0,
+    train_size: int | None = None,
 ) -> dict:
     """Write the demo dataset: ``out_dir/train`` and ``out_dir/val``, H.264 mp4 clips in nested folders.
 
@@ -379,10 +380,13 @@ def make_demo_dataset(
         num_frames: frames per clip (>= 2; use 1 + 4k, e.g. 17, for the VAEs).
         size: frame height = width in pixels (>= 8; even keeps H.264 in yuv420p).
         seed: the same seed writes the same pixels.
+        train_size: frame side of the ``train`` clips (default: ``size``). A smaller side renders the same
+            views (each clip's field of view is drawn in photo pixels) with fewer pixels, so a trainer can
+            read its clips at that size instead of decoding and resizing larger ones.
 
     Returns:
         ``{"root", "train": [relative paths], "val": [...], "clips": [{"path", "split", "index",
-        "photo", "motion", "num_sprites"}], "num_frames", "size", "fps", "seed", "photos": {split: [...]}}``;
+        "photo", "motion", "num_sprites"}], "num_frames", "size", "train_size", "fps", "seed", "photos": {split: [...]}}``;
         paths are relative to ``out_dir`` with ``/`` separators.
 
     Raises:
@@ -391,8 +395,10 @@ def make_demo_dataset(
     """
     if n_train < 0 or n_val < 0:
         raise ValueError(f"n_train and n_val must be >= 0; got {n_train}, {n_val}")
-    if num_frames < 2 or size < 8:
-        raise ValueError(f"need num_frames >= 2 and size >= 8; got num_frames={num_frames}, size={size}")
+    train_size = size if train_size is None else train_size
+    if num_frames < 2 or min(size, train_size) < 8:
+        raise ValueError(f"need num_frames >= 2 and size, train_size >= 8; got num_frames={num_frames}, "
+                         f"size={size}, train_size={train_size}")
     root = Path(out_dir)
     split_photos = {
         "train": [p for p in PHOTOS if p not in VAL_PHOTOS],
@@ -408,12 +414,13 @@ def make_demo_dataset(
     clips: list[_ClipSpec] = []
     for split, count in (("train", n_train), ("val", n_val)):
         names = split_photos[split]
+        side = train_size if split == "train" else size
         for i in range(count):
             rng = np.random.default_rng([seed, _SPLIT_IDS[split], i])
             name = names[i % len(names)]  # photo and motion cycle at different periods: pairs vary
             motion = MOTIONS[i % len(MOTIONS)]
             others = [photo(p) for p in names if p != name][:3] or [photo(name)]
-            frames, num_sprites = make_demo_clip(photo(name), motion, num_frames, size, rng, sprite_photos=others)
+            frames, num_sprites = make_demo_clip(photo(name), motion, num_frames, side, rng, sprite_photos=others)
             rel = f"{split}/{_clip_folder(motion)}/{i:03d}_{name}.mp4"
             write_video(root / rel, frames, fps=_FPS)
             clips.append(_ClipSpec(rel, split, i, name, motion, num_sprites))
@@ -424,12 +431,13 @@ def make_demo_dataset(
         "clips": [dataclasses.asdict(c) for c in clips],
         "num_frames": num_frames,
         "size": size,
+        "train_size": train_size,
         "fps": _FPS,
         "seed": seed,
         "photos": split_photos,
     }
     root.mkdir(parents=True, exist_ok=True)
     (root / "demo_dataset.json").write_text(json.dumps(info, indent=2) + "\n")
-    logger.info("demo dataset: %d train + %d val clips of %d frames at %dx%d in %s",
-                n_train, n_val, num_frames, size, size, root)
+    logger.info("demo dataset: %d train clips at %dx%d + %d val clips at %dx%d, %d frames, in %s",
+                n_train, train_size, train_size, n_val, size, size, num_frames, root)
     return info

@@ -34,6 +34,7 @@ import torch
 
 from wfvae.demo.dataset import make_demo_dataset
 from wfvae.errors import MissingWeightsError
+from wfvae.data.datasets import VideoFolderDataset
 from wfvae.evaluation.evaluate import EvalConfig, evaluate_folders
 from wfvae.evaluation.fvd import load_i3d
 from wfvae.inference.reconstruct import ReconstructConfig, run_reconstruct
@@ -98,8 +99,10 @@ FAST_MODEL_CONFIG = _wfvae_config(latent_dim=8, base_channels=16)
 DEMO_TRAIN_CLIPS = 160
 #: Peak learning rate of the default demo (AdamW, warm-up then cosine).
 DEMO_LR = "2e-3"
-#: Training clips are the 64x64 clips scaled to this side, in batches of DEMO_BATCH: at the same cost per
-#: step, four times the clips of 64x64 batches of 2, which learned faster per second in our runs.
+#: Training clips are rendered at this side (the held-out clips at 64) and read in batches of DEMO_BATCH:
+#: at the same cost per step, four times the clips of 64x64 batches of 2, which learned faster per second
+#: in our runs. Rendering them at this size rather than letting the loader shrink 64x64 files cuts the
+#: loader's CPU time per clip from ~9 ms to ~2.6 ms (benchmarks/RESULTS.md, "wfvae demo").
 DEMO_TRAIN_RESOLUTION = 32
 DEMO_BATCH = 8
 
@@ -149,22 +152,30 @@ def _optional_metrics(device: str) -> tuple[list[str], list[str]]:
 
 
 def fit_steps(seconds: float, model_config: dict, num_frames: int, size: int, batch: int,
-              repeats: int = 3) -> tuple[int, float]:
+              repeats: int = 3, video_path: str | Path | None = None) -> tuple[int, float]:
     """How many training steps of ``model_config`` fit in ``seconds`` on this machine, as it is loaded now.
 
-    Times ``repeats`` optimizer steps (after one warm-up step) on random clips of the training shape,
-    with an L1 + KL loss, and multiplies the median by :data:`TRAINER_OVERHEAD` for what the trainer
-    adds. Returns ``(steps, seconds per step)``; at least 20 steps.
+    Times ``repeats`` optimizer steps (after one warm-up step) with an L2 + KL loss on clips of the training
+    shape: read from ``video_path`` by the trainer's own dataset class, in this process as the demo's trainer
+    reads them (so the decoding cost is in the time), or random when None. The median is multiplied by
+    :data:`TRAINER_OVERHEAD` for what the trainer adds. Returns ``(steps, seconds per step)``; at least 20 steps.
     """
     torch.manual_seed(0)
     model = build_model(model_config)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    video = torch.rand(batch, 3, num_frames, size, size) * 2 - 1
+    dataset = None
+    if video_path is not None:
+        dataset = VideoFolderDataset(video_path, num_frames=num_frames, resolution=size, train=True,
+                                     show_progress=False)
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
+        if dataset is None:
+            video = torch.rand(batch, 3, num_frames, size, size) * 2 - 1
+        else:
+            video = torch.stack([dataset[(i * batch + k) % len(dataset)]["video"] for k in range(batch)])
         out = model(video)
-        loss = (out.sample - video).abs().mean() + out.posterior.kl().mean() * 1e-6
+        loss = (out.sample - video).square().mean() + out.posterior.kl().mean() * 1e-6
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -192,9 +203,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     _stage("1/5 making the demo dataset")
     # clips are longer than the training window, so every epoch samples new start frames
     data = make_demo_dataset(out / "data", n_train=4 if fast else DEMO_TRAIN_CLIPS, n_val=2 if fast else 6,
-                             num_frames=9 if fast else 17, size=size, seed=seed)
-    print(f"{len(data['train'])} training and {len(data['val'])} held-out clips of {data['num_frames']} frames at "
-          f"{size}x{size} in {out / 'data'}")
+                             num_frames=9 if fast else 17, size=size, train_size=train_size, seed=seed)
+    print(f"{len(data['train'])} training clips at {train_size}x{train_size} and {len(data['val'])} held-out clips "
+          f"at {size}x{size}, {data['num_frames']} frames each, in {out / 'data'}")
 
     _stage("2/5 training a small WF-VAE with the real trainer")
     if fast:
@@ -202,7 +213,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     elif cfg.steps is not None:
         steps = cfg.steps
     else:
-        steps, per_step = fit_steps(cfg.train_seconds, model_config, num_frames, train_size, batch)
+        steps, per_step = fit_steps(cfg.train_seconds, model_config, num_frames, train_size, batch,
+                                    video_path=out / "data" / "train")
         print(f"measured ~{per_step:.2f} s per training step here: {steps} steps fit the {cfg.train_seconds:.0f} s "
               f"training budget (--steps N to choose, --train_seconds S to change the budget)")
     disc_start = 3 if fast else (gan_from if gan_from is not None else steps + 1)
@@ -217,8 +229,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         "--video_path", str(out / "data" / "train"), "--eval_video_path", str(out / "data" / "val"),
         "--model_name", "WFVAE", "--model_config", str(out / "model_config.json"),
         "--pretrained_model_name_or_path", str(initial),
-        # Training sees the clips scaled to train_size (a 32x32 view of a 64x64 clip costs a quarter as
-        # much), validation and the before/after evaluation the full 64x64 clips.
+        # Training reads clips rendered at train_size (the same kind of views with a quarter of the pixels:
+        # a quarter of the model's work per clip, and no resize in the loader); validation and the
+        # before/after evaluation use the 64x64 held-out clips.
         "--num_frames", str(num_frames), "--resolution", str(train_size), "--sample_rate", "1",
         "--batch_size", str(batch), "--max_steps", str(steps), "--epochs", "100000",
         # Short CPU runs: a high peak learning rate, a short linear warm-up, then cosine decay to 0.
