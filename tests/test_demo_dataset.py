@@ -71,13 +71,21 @@ def test_clips_move_smoothly(demo):
         assert np.mean(steps) < 0.7 * np.abs(clip - other).mean(), rel
 
 
+def _decoded_close(a: Path, b: Path) -> bool:
+    """Two H.264 files of the same rendered frames decode alike. libx264 is not bit-reproducible here: in one
+    process, about one encode in ten of identical frames comes out different (with threads=1 too), up to 3.9
+    levels of mean absolute difference in 25 repeats; clips of different views differ by tens of levels."""
+    x, y = read_video(a).astype(np.int16), read_video(b).astype(np.int16)
+    return x.shape == y.shape and float(np.abs(x - y).mean()) < 8.0
+
+
 def test_deterministic_by_seed(tmp_path):
     a = make_demo_dataset(tmp_path / "a", n_train=2, n_val=1, num_frames=5, size=16, seed=7)
     b = make_demo_dataset(tmp_path / "b", n_train=2, n_val=1, num_frames=5, size=16, seed=7)
     assert {k: v for k, v in a.items() if k != "root"} == {k: v for k, v in b.items() if k != "root"}
     for rel in a["train"] + a["val"]:
-        np.testing.assert_array_equal(read_video(tmp_path / "a" / rel), read_video(tmp_path / "b" / rel))
-    # The rendered pixels (before the codec) depend on the seed.
+        assert _decoded_close(tmp_path / "a" / rel, tmp_path / "b" / rel), rel
+    # The rendered pixels (before the codec) are exactly the same for a seed, and depend on it.
     photo = load_photo("chelsea")
     first, _ = make_demo_clip(photo, "pan", 5, 16, seed=1)
     np.testing.assert_array_equal(first, make_demo_clip(photo, "pan", 5, 16, seed=1)[0])
@@ -91,8 +99,8 @@ def test_train_clips_at_their_own_size_show_the_same_views(tmp_path):
     small = make_demo_dataset(tmp_path / "small", n_train=3, n_val=1, num_frames=5, size=32, train_size=16, seed=5)
     assert small["train_size"] == 16 and big["train_size"] == 32 and small["size"] == 32
     assert small["clips"] == big["clips"]
-    for rel in small["val"]:
-        np.testing.assert_array_equal(read_video(tmp_path / "small" / rel), read_video(tmp_path / "big" / rel))
+    for rel in small["val"]:  # the same pixels go to the encoder; its output may differ by its rounding
+        assert _decoded_close(tmp_path / "small" / rel, tmp_path / "big" / rel), rel
     for rel in small["train"]:
         clip = read_video(tmp_path / "small" / rel).astype(np.float64)
         assert clip.shape == (5, 16, 16, 3), rel
