@@ -166,6 +166,6 @@ def choose_chunk_size(model, kind: str, shape, dtype: torch.dtype, max_memory_gb
         need = estimate_call_bytes(model, kind, shape, dtype, smallest_chunk(model, kind)) / GB
         raise MemoryBudgetError(
             f"max_memory_gb={max_memory_gb:g} is too small to {kind} {tuple(shape)}: the smallest chunk needs about "
-            f"{need:.2f} GB at this frame size; raise the budget, or enable spatial tiling (enable_tiling) to work "
-            "on smaller tiles")
+            f"{need:.3g} GB at this frame size; raise the budget (--max_memory_gb), or, in the Python API, "
+            "vae.enable_tiling() to work on smaller spatial tiles")
     return best
