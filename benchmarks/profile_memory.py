@@ -38,6 +38,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from machine import machine_info
+from wfvae.utils.memory import libc_function
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MB = 2**20
@@ -49,12 +50,11 @@ class _Mallinfo2(ctypes.Structure):
                  "keepcost")]
 
 
-_libc = ctypes.CDLL("libc.so.6")
-_libc.mallinfo2.restype = _Mallinfo2
+_mallinfo2 = libc_function("mallinfo2", (), _Mallinfo2)  # glibc >= 2.33 only; this profiler needs it
 
 
 def live_bytes() -> int:
-    m = _libc.mallinfo2()
+    m = _mallinfo2()
     return m.uordblks + m.hblkhd
 
 
@@ -153,23 +153,18 @@ def main(argv=None) -> int:
 
     # the stream state's size at the end of each chunk: wrap the chunk functions
     cache_sizes = {"encode": [], "decode": []}
-    enc_chunk, dec_chunk = model._encode_chunk, model._decode_chunk
 
-    def enc(x, s):
-        out = enc_chunk(x, s)
-        if s is not None:
-            cache_sizes["encode"].append(stream_bytes(s) / MB)
-            cache_sizes.setdefault("encode_live", []).append((live_bytes() - base_live) / MB)
-        return out
+    def recording(kind, chunk_fn):
+        def run(x, s):
+            out = chunk_fn(x, s)
+            if s is not None:
+                cache_sizes[kind].append(stream_bytes(s) / MB)
+                cache_sizes.setdefault(f"{kind}_live", []).append((live_bytes() - base_live) / MB)
+            return out
+        return run
 
-    def dec(z, s):
-        out = dec_chunk(z, s)
-        if s is not None:
-            cache_sizes["decode"].append(stream_bytes(s) / MB)
-            cache_sizes.setdefault("decode_live", []).append((live_bytes() - base_live) / MB)
-        return out
-
-    model._encode_chunk, model._decode_chunk = enc, dec
+    model._encode_chunk = recording("encode", model._encode_chunk)
+    model._decode_chunk = recording("decode", model._decode_chunk)
     marks = {}
     with torch.inference_mode(), sampler:
         posterior = model.encode(video, chunk_size=chunk(args.enc_chunk), **kwargs)

@@ -14,11 +14,12 @@ can be checked without the hardware they are about.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 
 import torch
+
+from wfvae.utils.memory import libc_function
 
 logger = logging.getLogger(__name__)
 
@@ -124,12 +125,5 @@ def free_memory_promptly() -> bool:
     Every allocation of 128 KiB or more then costs a fresh mapping and its page faults, which weighs more
     in work made of many small tensors.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        return False
-    if mallopt is None:
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
+    mallopt = libc_function("mallopt", (ctypes.c_int, ctypes.c_int))
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))

@@ -21,26 +21,26 @@ import ctypes
 import ctypes.util
 import functools
 
-__all__ = ["release_freed_memory"]
+__all__ = ["libc_function", "release_freed_memory"]
 
 
 @functools.cache
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS, Windows)."""
-    name = ctypes.util.find_library("c")
+def libc_function(name: str, argtypes: tuple, restype=ctypes.c_int):
+    """The C library's function ``name`` with its C signature, or None where the library lacks it (glibc's
+    ``malloc_trim`` and ``mallopt`` exist neither on musl, macOS nor Windows)."""
+    lib = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = libc.malloc_trim if libc is not None else None
+        fn = getattr(ctypes.CDLL(lib), name) if lib else None
     except (OSError, AttributeError):
         return None
-    if trim is not None:
-        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
+    if fn is not None:
+        fn.argtypes, fn.restype = list(argtypes), restype
+    return fn
 
 
 def release_freed_memory() -> bool:
     """Return the C heap's free pages to the operating system; True if the C library could do it."""
-    trim = _malloc_trim()
+    trim = libc_function("malloc_trim", (ctypes.c_size_t,))
     if trim is None:
         return False
     trim(0)
