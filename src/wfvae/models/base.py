@@ -19,7 +19,7 @@ from wfvae.errors import CheckpointError, ConfigError
 from wfvae.utils.io import atomic_write_bytes
 from wfvae.utils.memory import release_freed_memory
 
-from .chunk_plan import choose_chunk_size
+from .chunk_plan import check_budget, choose_chunk_size
 from .layers import kernel_choice, winograd
 from .layers.blocks import AttentionBase, AttnBlock3D, ResnetBlock2D, ResnetBlock3D
 from .layers.checkpointing import is_checkpointable, set_gradient_checkpointing
@@ -472,9 +472,8 @@ def _check_chunk_args(chunk_size, max_memory_gb, unit: int, what: str) -> None:
     """ValueError unless ``chunk_size`` is None, "auto" or a positive multiple of ``unit``, and ``max_memory_gb``
     is None or (with "auto") a positive number."""
     if chunk_size == "auto":
-        if max_memory_gb is not None and (isinstance(max_memory_gb, bool) or not isinstance(max_memory_gb, (int, float))
-                                          or not math.isfinite(max_memory_gb) or max_memory_gb <= 0):
-            raise ValueError(f"max_memory_gb must be a positive number of gigabytes, got {max_memory_gb!r}")
+        if max_memory_gb is not None:
+            check_budget(max_memory_gb)
         return
     if max_memory_gb is not None:
         raise ValueError("max_memory_gb chooses the chunk size, so it needs chunk_size='auto'; "

@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from wfvae.errors import ConfigError
 
-__all__ = ["MemoryBudgetError", "choose_chunk_size", "estimate_call_bytes", "smallest_chunk"]
+__all__ = ["MemoryBudgetError", "check_budget", "choose_chunk_size", "estimate_call_bytes", "smallest_chunk"]
 
 GB = 1e9
 
@@ -78,6 +78,13 @@ def _twin(model) -> torch.nn.Module:
     """The model's architecture on the meta device, in its parameters' dtype (cached per config)."""
     dtype = next(model.parameters()).dtype
     return _meta_twin(type(model), json.dumps(model.config, sort_keys=True), dtype)
+
+
+def check_budget(max_memory_gb) -> None:
+    """ValueError unless ``max_memory_gb`` is a positive, finite number (None is left to the caller)."""
+    if isinstance(max_memory_gb, bool) or not isinstance(max_memory_gb, (int, float)) \
+            or not math.isfinite(max_memory_gb) or max_memory_gb <= 0:
+        raise ValueError(f"max_memory_gb must be a positive number of gigabytes, got {max_memory_gb!r}")
 
 
 def smallest_chunk(model, kind: str) -> int:
@@ -150,9 +157,7 @@ def choose_chunk_size(model, kind: str, shape, dtype: torch.dtype, max_memory_gb
     """
     if max_memory_gb is None:
         return smallest_chunk(model, kind)
-    if isinstance(max_memory_gb, bool) or not isinstance(max_memory_gb, (int, float)) \
-            or not math.isfinite(max_memory_gb) or max_memory_gb <= 0:
-        raise ValueError(f"max_memory_gb must be a positive number of gigabytes, got {max_memory_gb!r}")
+    check_budget(max_memory_gb)
     budget = max_memory_gb * GB
     frames = int(shape[2])
     if estimate_call_bytes(model, kind, shape, dtype, None) <= budget:
