@@ -48,6 +48,7 @@ from typing import Any, Literal, TypeVar
 from wfvae.errors import ConfigError
 from wfvae.formats import OUTPUT_FORMATS
 from wfvae.models import MODEL_NAMES
+from wfvae.runtime import free_memory_promptly
 
 __all__ = [
     "REQUIRED",
@@ -229,6 +230,12 @@ class MemoryBudgetOptions:
         if chunk_size is not None or self.max_memory_gb is None:
             return {"chunk_size": chunk_size}
         return {"chunk_size": "auto", "max_memory_gb": self.max_memory_gb}
+
+    def release_memory_promptly(self, device_type: str) -> None:
+        """On CPU, a memory budget also makes freed activations leave this process at once (it costs page
+        faults, so only when a budget is asked for): :func:`wfvae.runtime.free_memory_promptly`."""
+        if device_type == "cpu" and self.max_memory_gb is not None:
+            free_memory_promptly()
 
 
 @dataclass(kw_only=True)

@@ -75,7 +75,6 @@ from wfvae.options import (
     too_small,
     validate,
 )
-from wfvae.runtime import free_memory_promptly
 from wfvae.utils.device import resolve_device
 from wfvae.utils.io import write_json_option
 from wfvae.utils.logging import setup_logging
@@ -295,9 +294,7 @@ def encode_folder(cfg: EncodeConfig) -> dict:
     validate(cfg)
     env = init_distributed(cfg.device)
     try:
-        if env.device.type == "cpu" and cfg.max_memory_gb is not None:
-            # a memory budget asks for it: freed activations leave this process at once (costs page faults)
-            free_memory_promptly()
+        cfg.release_memory_promptly(env.device.type)
         model = load_for_inference(ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=env.device,
                                    offline=cfg.offline or None)
         check_num_frames(model, num_frames)
@@ -434,9 +431,7 @@ def decode_folder(cfg: DecodeConfig) -> dict:
         raise InputError(f"--latents {latents}: no latents found (expected index.json written by `wfvae encode`)")
     targets = _decode_targets(records, latents_dir, out_dir, fmt)
     dev = resolve_device(cfg.device)
-    if dev.type == "cpu" and cfg.max_memory_gb is not None:
-        # a memory budget asks for it: freed activations leave this process at once (costs page faults)
-        free_memory_promptly()
+    cfg.release_memory_promptly(dev.type)
     model = load_for_inference(ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=dev,
                                offline=cfg.offline or None)
     folder = OutputFolder(out_dir, "decode", {

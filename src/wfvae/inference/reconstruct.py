@@ -91,7 +91,6 @@ from wfvae.options import (
     too_small,
     validate,
 )
-from wfvae.runtime import free_memory_promptly
 from wfvae.utils.io import atomic_write_bytes
 from wfvae.utils.logging import setup_logging
 from wfvae.utils.output_folder import (
@@ -210,9 +209,7 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
         if cfg.dtype == "fp16" and env.device.type != "cuda":
             raise ConfigError(f"--dtype fp16 runs on CUDA only (the device is {env.device}); on a CPU use --dtype bf16 "
                               "or fp32")
-        if env.device.type == "cpu" and cfg.max_memory_gb is not None:
-            # a memory budget asks for it: freed activations leave this process at once (costs page faults)
-            free_memory_promptly()
+        cfg.release_memory_promptly(env.device.type)
         model = load_for_inference(cfg.ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=env.device,
                                    offline=cfg.offline or None)
         if src.is_file() and not is_manifest(src):
