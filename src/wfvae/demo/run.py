@@ -32,9 +32,9 @@ from typing import ClassVar
 
 import torch
 
+from wfvae.data.datasets import VideoFolderDataset
 from wfvae.demo.dataset import make_demo_dataset
 from wfvae.errors import MissingWeightsError
-from wfvae.data.datasets import VideoFolderDataset
 from wfvae.evaluation.evaluate import EvalConfig, evaluate_folders
 from wfvae.evaluation.fvd import load_i3d
 from wfvae.inference.reconstruct import ReconstructConfig, run_reconstruct
