@@ -85,7 +85,7 @@ def _load(name: str, job: dict):
     else:
         from wfvae.models import load_model
 
-        model = load_model(job["weights"])
+        model = load_model(job["weights"]).use_channels_last_weights()  # as `wfvae train` builds it (no --fsdp)
     return model.to(job["device"]).train()
 
 

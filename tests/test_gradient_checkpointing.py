@@ -123,3 +123,34 @@ def test_streaming_state_is_not_recomputed():
     (g_full,) = torch.autograd.grad(full.sum(), video)
     (g_chunked,) = torch.autograd.grad(chunked.sum(), video)
     torch.testing.assert_close(g_chunked, g_full, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_trainer_keeps_conv_weights_channels_last_except_under_fsdp(tmp_path, fsdp):
+    """``wfvae train`` stores conv weights in the activations' layout (no per-call weight copy); the
+    gradients and the layout of each gradient follow, and equal the default layout's in float64."""
+    from wfvae.config import TrainConfig
+    from wfvae.training.builders import build_model as build_trainer_model
+
+    cfg = TrainConfig(video_path=str(tmp_path), model_name="WFVAE", model_config=str(CONFIGS / "wfvae_tiny.json"),
+                      report_to="none",
+                      fsdp=fsdp, gradient_checkpointing=True)
+    torch.manual_seed(0)
+    model = build_trainer_model(cfg, None).double()
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    layout = [m.weight.is_contiguous(memory_format=torch.channels_last_3d if m.weight.dim() == 5
+                                     else torch.channels_last) for m in convs]
+    assert model.is_gradient_checkpointing
+    if fsdp:  # FSDP2 shards along dim 0 of the default layout
+        assert all(m.weight.is_contiguous() for m in convs)
+        return
+    assert all(layout) and any(not m.weight.is_contiguous() for m in convs)
+    plain = _model("wfvae_tiny")
+    plain.load_state_dict(model.state_dict())
+    video = _video(model, torch.float64)
+    loss, grads = _loss_and_grads(model, video)
+    loss_plain, grads_plain = _loss_and_grads(plain, video)
+    assert loss.item() == pytest.approx(loss_plain.item(), rel=1e-12)
+    for name, g in grads_plain.items():
+        assert grads[name].stride() == dict(model.named_parameters())[name].stride(), name
+        torch.testing.assert_close(grads[name], g, rtol=1e-9, atol=1e-12)

@@ -100,8 +100,12 @@ def test_fsdp_two_processes_save_resume_under_ddp_and_match_ddp(tmp_path):
     assert diff < 1e-5    # ...and FSDP moved them the same way as DDP
     assert max_abs_diff(ckpt_b["ema_state_dict"], ckpt_c["ema_state_dict"]) < 1e-5
     opt_b, opt_c = (c["optimizer_state"]["gen_optimizer"]["state"] for c in (ckpt_b, ckpt_c))
+    # DDP trains channels-last convolution weights, FSDP the default layout: float rounding differs a little
     for key in ("exp_avg", "exp_avg_sq"):
-        assert max(max_abs_diff({0: opt_b[i][key]}, {0: opt_c[i][key]}) for i in opt_b) < 1e-5
+        rel = max(max_abs_diff({0: opt_b[i][key]}, {0: opt_c[i][key]}) / opt_b[i][key].abs().max().clamp_min(1e-12)
+                  for i in opt_b)
+        print(f"{key}: FSDP vs DDP max relative difference {rel:.3e}")
+        assert rel < 1e-5, key
     rec_b, rec_c = train_records(run_dir(tmp_path / "b"))[3], train_records(run_dir(tmp_path / "c"))[3]
     for key in ("train/loss", "train/d_weight", "train/grad_norm_g"):
         assert rec_c[key] == pytest.approx(rec_b[key], rel=1e-4), key

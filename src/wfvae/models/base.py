@@ -118,18 +118,21 @@ class VideoAutoencoder(nn.Module):
         """Whether :meth:`enable_gradient_checkpointing` is in effect."""
         return any(getattr(m, "gradient_checkpointing", False) for m in self.modules() if is_checkpointable(m))
 
-    # ---------------------------------------------------------------- inference layout
+    # ---------------------------------------------------------------- weight layout
     def use_channels_last_weights(self) -> VideoAutoencoder:
         """Store every convolution weight channels-last, like the activations; returns ``self``.
 
-        For inference. Activations run channels-last, so a convolution with an NCDHW weight
-        first copies the weight into the input's layout on every call (its measured share of a
-        WF-VAE-L round trip is in ``benchmarks/RESULTS.md``); after this call that copy is gone. Outputs agree with the default
+        Activations run channels-last, so a convolution with an NCDHW weight first copies the
+        weight into the input's layout on every call, forward and backward (its measured share of
+        a WF-VAE-L round trip and training step is in ``benchmarks/RESULTS.md``); after this call
+        that copy is gone. The inference commands and ``wfvae train`` (except under ``--fsdp``)
+        call it. Outputs agree with the default
         layout to float rounding (oneDNN may pick a kernel with another summation order; 3.9e-7
         max-abs on a WF-VAE-L float32 round trip). ``load_state_dict`` and ``.to()`` keep the
         layout and ``save_pretrained`` writes contiguous tensors, but ``state_dict()`` then holds
         non-contiguous tensors: call ``.contiguous()`` on them before ``safetensors.save_file``.
-        Training keeps the default layout (optimizers and FSDP sharding expect it).
+        Optimizers and DDP keep each parameter's layout for its gradient and state; FSDP2 shards
+        along dim 0 of the default layout, so ``--fsdp`` training leaves it.
         """
         for conv in self.modules():
             if isinstance(conv, (nn.Conv2d, nn.Conv3d)):

@@ -132,6 +132,8 @@ def build_model(cfg: TrainConfig, ckpt: dict | None) -> VideoAutoencoder:
         model = model_cls.from_config(read_model_config(cfg, ckpt))
     if not isinstance(model, model_cls):
         raise ConfigError(f"--model_name {cfg.model_name} but the weights are a {type(model).__name__}")
+    if not cfg.fsdp:  # FSDP2 shards parameters along dim 0 of their default layout
+        model.use_channels_last_weights()
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     if cfg.freeze_encoder:
