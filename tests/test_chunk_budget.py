@@ -89,8 +89,10 @@ def test_commands_take_max_memory_gb():
                        prog="wfvae")
     assert cfg.chunking(cfg.chunk_size) == {"chunk_size": "auto", "max_memory_gb": 1.5}
     assert cfg.chunking(cfg.decode_chunk_size) == {"chunk_size": 2}  # an explicit size wins
+    assert cfg.conv_kernels("auto") == "direct" and cfg.conv_kernels("winograd") == "winograd"
     cfg = parse_config(EncodeConfig, common + ["--video_path", "a", "--out", "b"], prog="wfvae")
     assert cfg.chunking(cfg.chunk_size) == {"chunk_size": None}
+    assert cfg.conv_kernels("auto") == "auto"  # no budget: timed per shape
     for cls, args in ((DecodeConfig, ["--latents", "a", "--out", "b"]), (EncodeConfig, ["--video_path", "a", "--out", "b"])):
         with pytest.raises(ConfigError, match="--max_memory_gb must be a positive number"):
             parse_config(cls, common + args + ["--max_memory_gb", "0"], prog="wfvae")

@@ -83,6 +83,24 @@ def test_reconstruct_single_video_and_image(tiny_model_dir, tmp_path):
     assert np.asarray(Image.open(tmp_path / "o2" / "img.png")).shape == (32, 32, 3)
 
 
+def test_memory_budget_runs_direct_kernels(tiny_model_dir, tmp_path, monkeypatch):
+    """--conv auto times Winograd against oneDNN per layer shape, except under --max_memory_gb: Winograd's
+    work buffers are outside the budget's estimate, so the budget runs the direct kernels."""
+    from wfvae.models.layers import kernel_choice
+
+    monkeypatch.setenv(kernel_choice.CACHE_ENV, "off")
+    video = tmp_path / "one.mp4"
+    write_video(video, make_synthetic_video(9, 32, 32, seed=5), fps=24)
+    common = ["--real_video_dir", str(video), "--ckpt", str(tiny_model_dir), "--num_frames", "9",
+              "--resolution", "32", "--device", "cpu"]
+    for budget, timed in ((["--max_memory_gb", "1"], False), ([], True)):
+        monkeypatch.setattr(kernel_choice, "CHOOSER", kernel_choice.KernelChooser())
+        out = tmp_path / f"out{len(budget)}"
+        assert reconstruct_main(common + ["--generated_video_dir", str(out)] + budget) == 0
+        assert bool(kernel_choice.CHOOSER.choices()) is timed
+        assert (out / "one.mp4").is_file()
+
+
 def test_gen_video_then_eval_scripts(tiny_model_dir, clips, tmp_path):
     env = {**os.environ, "EXP_NAME": "t", "NUM_FRAMES": "9", "RESOLUTION": "32", "CKPT": str(tiny_model_dir),
            "DATASET_DIR": str(clips), "FORMAT": "mkv", "NPROC": "1", "PYTHON": sys.executable,

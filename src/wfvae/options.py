@@ -157,8 +157,8 @@ class ModelOptions(DeviceOptions, OfflineOptions):
     model_name: str | None = option(None, "Model class, when the config has no _class_name.", choices=MODEL_NAMES)
     conv: Literal["auto", "winograd", "direct"] = option(
         "auto", "3x3 convolutions on CPU: auto = time oneDNN's direct kernel and Winograd F(2x2,3x3) once per "
-        "layer shape and keep the faster (cached in ~/.cache/wfvae, $WFVAE_CONV_CACHE); winograd or direct force "
-        "one (GPUs always use cuDNN).")
+        "layer shape and keep the faster (cached in ~/.cache/wfvae, $WFVAE_CONV_CACHE), direct under --max_memory_gb; "
+        "winograd or direct force one (GPUs always use cuDNN).")
 
 
 @dataclass(kw_only=True)
@@ -230,6 +230,11 @@ class MemoryBudgetOptions:
         if chunk_size is not None or self.max_memory_gb is None:
             return {"chunk_size": chunk_size}
         return {"chunk_size": "auto", "max_memory_gb": self.max_memory_gb}
+
+    def conv_kernels(self, conv: str) -> str:
+        """The kernel mode to load the model with: ``--conv auto`` under a budget runs oneDNN's direct kernels,
+        because Winograd's work buffers (~150 MB at WF-VAE-L's widest layers) are not in the budget's estimate."""
+        return "direct" if conv == "auto" and self.max_memory_gb is not None else conv
 
     def release_memory_promptly(self, device_type: str) -> None:
         """On CPU, a memory budget also makes freed activations leave this process at once (it costs page

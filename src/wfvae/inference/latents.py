@@ -295,8 +295,8 @@ def encode_folder(cfg: EncodeConfig) -> dict:
     env = init_distributed(cfg.device)
     try:
         cfg.release_memory_promptly(env.device.type)
-        model = load_for_inference(ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=env.device,
-                                   offline=cfg.offline or None)
+        model = load_for_inference(ckpt, cfg.conv_kernels(cfg.conv), config=cfg.config, model_name=cfg.model_name,
+                                   device=env.device, offline=cfg.offline or None)
         check_num_frames(model, num_frames)
         try:
             dataset = VideoFolderDataset(video_path, num_frames, sample_rate, resolution, train=False,
@@ -432,8 +432,8 @@ def decode_folder(cfg: DecodeConfig) -> dict:
     targets = _decode_targets(records, latents_dir, out_dir, fmt)
     dev = resolve_device(cfg.device)
     cfg.release_memory_promptly(dev.type)
-    model = load_for_inference(ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=dev,
-                               offline=cfg.offline or None)
+    model = load_for_inference(ckpt, cfg.conv_kernels(cfg.conv), config=cfg.config, model_name=cfg.model_name,
+                               device=dev, offline=cfg.offline or None)
     folder = OutputFolder(out_dir, "decode", {
         "ckpt": model_identity(ckpt, model), "latents": os.path.realpath(latents_dir), "format": fmt, "fps": fps,
     }, output_option="--out")

@@ -210,8 +210,8 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
             raise ConfigError(f"--dtype fp16 runs on CUDA only (the device is {env.device}); on a CPU use --dtype bf16 "
                               "or fp32")
         cfg.release_memory_promptly(env.device.type)
-        model = load_for_inference(cfg.ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=env.device,
-                                   offline=cfg.offline or None)
+        model = load_for_inference(cfg.ckpt, cfg.conv_kernels(cfg.conv), config=cfg.config, model_name=cfg.model_name,
+                                   device=env.device, offline=cfg.offline or None)
         if src.is_file() and not is_manifest(src):
             dataset = _SingleFile(src, cfg, model.temporal_compression_ratio)
             names = [dataset.item["path"]]
