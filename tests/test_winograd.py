@@ -169,24 +169,31 @@ def test_auto_mode_times_both_once_per_shape_and_keeps_the_faster(monkeypatch, t
     assert calls[slower] == 0 and calls[faster] == 1
 
 
-@pytest.mark.parametrize("wino_s, direct_calls", [(0.35, 2), (0.1, 1)])
-def test_auto_mode_times_direct_again_only_when_winograd_wins_narrowly(monkeypatch, wino_s, direct_calls):
-    """oneDNN's first call includes creating its kernel: a narrow Winograd lead is checked by a second direct call."""
+@pytest.mark.parametrize("direct_s, wino_s, direct_calls", [
+    (4.0, 3.5, 2),    # a narrow lead: the first direct call may hold oneDNN's kernel creation
+    (4.0, 1.0, 1),    # a wide lead on a long call: no second timing (it would cost seconds)
+    (0.02, 0.005, 2),  # a short call: kernel creation may be most of it, whatever the lead
+])
+def test_auto_mode_times_direct_again_only_when_its_first_call_may_mislead(monkeypatch, direct_s, wino_s,
+                                                                           direct_calls):
     monkeypatch.setenv(kernel_choice.CACHE_ENV, "off")
     chooser = kernel_choice.KernelChooser()
     calls = {"direct": 0, "winograd": 0}
+    seconds = {"direct": direct_s, "winograd": wino_s}
 
-    def kernel(name, seconds):
+    def kernel(name):
         def run():
             calls[name] += 1
-            time.sleep(seconds)
-            return torch.zeros(1)
+            return torch.full((1,), float(len(name)))
+        run.kernel_name = name
         return run
 
-    chooser.run("auto", "shape", kernel("direct", 0.4), kernel("winograd", wino_s))
+    # the measured times are fixed, so the decision does not depend on the machine's load
+    monkeypatch.setattr(kernel_choice, "_timed", lambda fn: (seconds[fn.kernel_name], fn()))
+    out = chooser.run("auto", "shape", kernel("direct"), kernel("winograd"))
     assert calls == {"direct": direct_calls, "winograd": 1}
     (entry,) = chooser.choices().values()
-    assert entry["kernel"] == "winograd"
+    assert entry["kernel"] == "winograd" and out.item() == len("winograd")
 
 
 def test_auto_mode_cache_file_problems_are_not_fatal(monkeypatch, tmp_path, caplog):
@@ -208,3 +215,26 @@ def test_auto_mode_cache_file_problems_are_not_fatal(monkeypatch, tmp_path, capl
     # "off": choices stay in memory, nothing is written
     monkeypatch.setenv(kernel_choice.CACHE_ENV, "off")
     assert kernel_choice.default_cache_path() is None
+
+
+def test_auto_mode_ignores_choices_timed_against_older_kernels(monkeypatch, tmp_path):
+    """A cache file of another format version (kernels whose code has changed since) is measured again."""
+    cache = tmp_path / "kernels.json"
+    monkeypatch.setenv(kernel_choice.CACHE_ENV, str(cache))
+    key = f"{kernel_choice.machine_key()} | shape"
+    stale = {"kernel": "direct", "direct_s": 1.0, "winograd_s": 2.0}
+    cache.write_text(json.dumps({"version": kernel_choice._FORMAT_VERSION - 1, "entries": {key: stale}}))
+    chooser = kernel_choice.KernelChooser()
+    seconds = {"direct": 4.0, "winograd": 1.0}
+
+    def kernel(name):
+        def run():
+            return torch.zeros(1)
+        run.kernel_name = name
+        return run
+
+    monkeypatch.setattr(kernel_choice, "_timed", lambda fn: (seconds[fn.kernel_name], fn()))
+    chooser.run("auto", "shape", kernel("direct"), kernel("winograd"))
+    assert chooser.choices()[key]["kernel"] == "winograd"  # measured, not the stale "direct"
+    saved = json.loads(cache.read_text())
+    assert saved["version"] == kernel_choice._FORMAT_VERSION and saved["entries"][key]["kernel"] == "winograd"

@@ -13,7 +13,8 @@ the timing: in ``$WFVAE_CONV_CACHE`` if set (a file path; ``off`` keeps choices 
 else ``conv_kernels.json`` in wfvae's user cache folder (``~/.cache/wfvae``, or ``$WFVAE_CACHE_DIR``; see
 :func:`wfvae.downloads.default_cache_dir`). Entries are keyed by
 the CPU model, the torch version, the thread count and the call's shape, so a file copied to
-another machine or read by another torch is not reused. Delete the file to measure again.
+another machine or read by another torch is not reused, and the file carries a version that changes with
+the kernels' code. Delete the file to measure again (e.g. after timing under heavy load).
 """
 
 from __future__ import annotations
@@ -35,11 +36,15 @@ logger = logging.getLogger(__name__)
 
 MODES = ("auto", "direct", "winograd")
 CACHE_ENV = "WFVAE_CONV_CACHE"
-_FORMAT_VERSION = 1
-#: When Winograd beats oneDNN's first (timed) direct call by less than this fraction of that call,
-#: direct is timed again: its first call also creates the oneDNN kernel. A larger lead cannot come
-#: from that one-off cost, and timing a wide layer again would add seconds to the first call.
+#: Version of the cache file; raised whenever a kernel's implementation changes, so that choices timed
+#: against an older kernel are measured again (2: Winograd's weight transform and batched GEMMs).
+_FORMAT_VERSION = 2
+#: oneDNN's first call of a shape also creates its kernel, a one-off cost. When Winograd beats that first
+#: (timed) direct call, direct is timed again if the lead is under this fraction of the call, or if the call
+#: was short enough (``RECHECK_BELOW_S``) for the one-off cost to be most of it. A larger lead on a longer
+#: call cannot come from that cost, and timing a wide layer again would add seconds to the first call.
 RECHECK_LEAD = 0.25
+RECHECK_BELOW_S = 0.05
 
 
 def check_mode(mode: str) -> str:
@@ -98,7 +103,7 @@ class KernelChooser:
     def _measure(self, key: str, direct, winograd) -> torch.Tensor:
         t_direct, out_direct = _timed(direct)
         t_wino, out_wino = _timed(winograd)
-        if t_direct * (1 - RECHECK_LEAD) <= t_wino < t_direct:
+        if t_wino < t_direct and (t_wino >= t_direct * (1 - RECHECK_LEAD) or t_direct < RECHECK_BELOW_S):
             # a narrow lead may be oneDNN's one-off kernel creation in the first call: time direct once more
             t_again, out_direct = _timed(direct)
             t_direct = min(t_direct, t_again)
