@@ -154,3 +154,30 @@ def test_trainer_keeps_conv_weights_channels_last_except_under_fsdp(tmp_path, fs
     for name, g in grads_plain.items():
         assert grads[name].stride() == dict(model.named_parameters())[name].stride(), name
         torch.testing.assert_close(grads[name], g, rtol=1e-9, atol=1e-12)
+
+
+def test_contiguous_optimizer_and_ema_state_take_the_channels_last_layout(tmp_path):
+    """Adam moments and EMA shadows from an original checkpoint are contiguous; loading them gives each its
+    channels-last parameter's strides (mixed layouts would take the optimizers' slow per-tensor path)."""
+    from wfvae.training.ema import EMA
+    from wfvae.training.parallel import load_optimizer_state_dict
+
+    model = _model("wfvae_tiny", torch.float32).use_channels_last_weights()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    _loss_and_grads(model, _video(model, torch.float32))
+    opt.step()
+    saved = opt.state_dict()
+    as_original = {"param_groups": saved["param_groups"],
+                   "state": {i: {k: v.contiguous() for k, v in st.items()} for i, st in saved["state"].items()}}
+    weights = [p for p in model.parameters() if p.dim() == 5 and not p.is_contiguous()]
+    assert weights
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    load_optimizer_state_dict(model, fresh, as_original, fsdp=False)
+    for p in weights:
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert fresh.state[p][key].stride() == p.stride()
+            torch.testing.assert_close(fresh.state[p][key], opt.state[p][key], rtol=0, atol=0)
+    ema = EMA(model, decay=0.9)
+    ema.load_state_dict({k: v.contiguous() for k, v in ema.state_dict().items()})
+    params = dict(model.named_parameters())
+    assert all(ema.shadow[n].stride() == params[n].stride() for n in ema.shadow)

@@ -135,13 +135,14 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 
 def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``full`` laid out like ``like``: this rank's shard when ``like`` is a DTensor (no communication; every
-    rank must hold the same ``full``), else ``full`` on ``like``'s device and dtype."""
+    rank must hold the same ``full``), else a copy of ``full`` with ``like``'s device, dtype and strides (a
+    channels-last parameter gets a channels-last copy of a contiguous tensor from an original checkpoint)."""
     if is_sharded(like):
         from torch.distributed.tensor import distribute_tensor  # lazy: only under --fsdp
 
         return distribute_tensor(full.to(device=like.device, dtype=like.dtype), like.device_mesh, like.placements,
                                  src_data_rank=None)
-    return full.to(device=like.device, dtype=like.dtype)
+    return torch.empty_like(like).copy_(full)
 
 
 def _options(**kw):
@@ -204,6 +205,7 @@ def load_optimizer_state_dict(model: nn.Module, opt: torch.optim.Optimizer, stat
     """Load an integer-keyed full ``opt.state_dict()`` (every rank passes the same one); resharded under FSDP."""
     if not fsdp or not any(is_sharded(p) for p in model.parameters()):
         opt.load_state_dict(state)
+        _state_in_parameter_layout(opt)
         return
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict  # lazy: only under --fsdp
 
@@ -216,6 +218,20 @@ def load_optimizer_state_dict(model: nn.Module, opt: torch.optim.Optimizer, stat
         "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]],
     }
     set_optimizer_state_dict(model, opt, by_name, options=_options(full_state_dict=True, strict=True))
+
+
+def _state_in_parameter_layout(opt: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (Adam's moments) its parameter's strides.
+
+    ``Optimizer.load_state_dict`` keeps the saved layout: moments from an original checkpoint are contiguous
+    while our conv weights are channels-last, and mixed layouts take the optimizers' slower per-tensor path.
+    """
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def clip_grad_norm_(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
