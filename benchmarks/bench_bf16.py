@@ -33,7 +33,7 @@ from machine import machine_info  # noqa: E402  (same folder)
 
 from wfvae.demo.dataset import MOTIONS, PHOTOS, VAL_PHOTOS, load_photo, make_demo_clip  # noqa: E402
 from wfvae.evaluation import metrics as M  # noqa: E402
-from wfvae.inference.reconstruct import load_for_inference  # noqa: E402
+from wfvae.inference.common import load_for_inference  # noqa: E402
 from wfvae.models import build_model  # noqa: E402
 
 CLIP_PHOTOS = (*VAL_PHOTOS, *sorted(PHOTOS))

@@ -3,7 +3,7 @@ output folder's manifest, precision, and writing decoded videos.
 
 How to use::
 
-    model = load_for_inference(cfg.ckpt, cfg.conv, config=cfg.config, model_name=cfg.model_name, device=device)
+    model = load_for_command(cfg, device)  # load_for_inference with the command's options
     with torch.inference_mode(), inference_autocast(device, cfg.dtype):
         recon = model.decode(model.encode(video).mode())
     write_output(folder, "clip.mkv", to_uint8_frames(recon[0]), "mkv", fps=24.0, is_image=False)
@@ -23,8 +23,8 @@ from wfvae.errors import CheckpointError, ConfigError, VideoDecodeError
 from wfvae.models.loading import load_model, non_finite_tensors, resolve_pretrained, resolve_weights_file
 from wfvae.utils.output_folder import OutputFolder, file_sha256
 
-__all__ = ["DTYPES", "DecodedItems", "check_num_frames", "config_hash", "inference_autocast", "load_for_inference",
-           "model_identity", "to_uint8_frames", "write_output"]
+__all__ = ["DTYPES", "DecodedItems", "check_num_frames", "config_hash", "inference_autocast", "load_for_command",
+           "load_for_inference", "model_identity", "to_uint8_frames", "write_output"]
 
 #: ``--dtype`` -> torch dtype.
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -49,6 +49,15 @@ def load_for_inference(ckpt: str, conv: str = "auto", **load_kwargs):
                               "output would be garbage. Use a checkpoint saved before the run diverged.")
     model = model.use_channels_last_weights()
     return model.set_conv_kernels(conv)
+
+
+def load_for_command(cfg, device: torch.device):
+    """The model of ``reconstruct``, ``encode`` or ``decode`` (``cfg``: their ``ModelOptions`` and
+    ``MemoryBudgetOptions``), with what a memory budget implies set up first: on CPU freed memory leaves
+    the process at once, and ``--conv auto`` runs direct kernels (see ``MemoryBudgetOptions``)."""
+    cfg.release_memory_promptly(device.type)
+    return load_for_inference(cfg.ckpt, cfg.conv_kernels(cfg.conv), config=cfg.config, model_name=cfg.model_name,
+                              device=device, offline=cfg.offline or None)
 
 
 def config_hash(config: dict) -> str:

@@ -55,7 +55,7 @@ from wfvae.inference.common import (
     DecodedItems,
     check_num_frames,
     config_hash,
-    load_for_inference,
+    load_for_command,
     model_identity,
     to_uint8_frames,
     write_output,
@@ -294,9 +294,7 @@ def encode_folder(cfg: EncodeConfig) -> dict:
     validate(cfg)
     env = init_distributed(cfg.device)
     try:
-        cfg.release_memory_promptly(env.device.type)
-        model = load_for_inference(ckpt, cfg.conv_kernels(cfg.conv), config=cfg.config, model_name=cfg.model_name,
-                                   device=env.device, offline=cfg.offline or None)
+        model = load_for_command(cfg, env.device)
         check_num_frames(model, num_frames)
         try:
             dataset = VideoFolderDataset(video_path, num_frames, sample_rate, resolution, train=False,
@@ -431,9 +429,7 @@ def decode_folder(cfg: DecodeConfig) -> dict:
         raise InputError(f"--latents {latents}: no latents found (expected index.json written by `wfvae encode`)")
     targets = _decode_targets(records, latents_dir, out_dir, fmt)
     dev = resolve_device(cfg.device)
-    cfg.release_memory_promptly(dev.type)
-    model = load_for_inference(ckpt, cfg.conv_kernels(cfg.conv), config=cfg.config, model_name=cfg.model_name,
-                               device=dev, offline=cfg.offline or None)
+    model = load_for_command(cfg, dev)
     folder = OutputFolder(out_dir, "decode", {
         "ckpt": model_identity(ckpt, model), "latents": os.path.realpath(latents_dir), "format": fmt, "fps": fps,
     }, output_option="--out")

@@ -66,7 +66,7 @@ from wfvae.inference.common import (
     DecodedItems,
     check_num_frames,
     inference_autocast,
-    load_for_inference,
+    load_for_command,
     model_identity,
     to_uint8_frames,
     write_output,
@@ -209,9 +209,7 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
         if cfg.dtype == "fp16" and env.device.type != "cuda":
             raise ConfigError(f"--dtype fp16 runs on CUDA only (the device is {env.device}); on a CPU use --dtype bf16 "
                               "or fp32")
-        cfg.release_memory_promptly(env.device.type)
-        model = load_for_inference(cfg.ckpt, cfg.conv_kernels(cfg.conv), config=cfg.config, model_name=cfg.model_name,
-                                   device=env.device, offline=cfg.offline or None)
+        model = load_for_command(cfg, env.device)
         if src.is_file() and not is_manifest(src):
             dataset = _SingleFile(src, cfg, model.temporal_compression_ratio)
             names = [dataset.item["path"]]
