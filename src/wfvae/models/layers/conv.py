@@ -31,6 +31,40 @@ def _triple(value) -> tuple[int, int, int]:
     return (int(value),) * 3
 
 
+# aten's ConvParams::use_mkldnn sends a float32 CPU convolution with one sample, one group and a kernel of
+# at most 3x3 in its last two dims to oneDNN only when N*C*T*H (the input's first four sizes) exceeds this;
+# below it, a 3D convolution runs slow_conv3d: im2col into a column buffer kernel-volume times the input
+# (27x for 3x3x3), allocated and filled on every call, forward and backward.
+NATIVE_FALLBACK_MAX_NCTH = 20480
+
+
+def takes_native_fallback(x: torch.Tensor, conv: nn.Conv3d) -> bool:
+    """Whether PyTorch would run ``conv(x)`` through slow_conv3d's column buffer (see above).
+
+    1x1 spatial kernels are left out: their column buffer is one copy of the input, which is cheap.
+    ``tests/test_conv_backend.py`` checks this rule against PyTorch's own backend choice.
+    """
+    _, k_h, k_w = conv.kernel_size
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5 and x.shape[0] == 1
+            and conv.groups == 1 and (k_h, k_w) != (1, 1) and not (k_h > 3 and k_w > 3)
+            and x.shape[1] * x.shape[2] * x.shape[3] <= NATIVE_FALLBACK_MAX_NCTH
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+def conv3d_onednn(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
+    """``conv(x)``, run by oneDNN also where PyTorch would take slow_conv3d (:func:`takes_native_fallback`).
+
+    There it computes the same convolution as two groups over ``x`` stacked twice along channels: group g
+    reads copy g with output channels g*O/2 .. (g+1)*O/2 of the unchanged weight, so the output and the
+    gradients are the convolution's own (to float32 rounding: a different algorithm), and PyTorch takes oneDNN
+    for grouped convolutions. Memory: one extra copy of the input instead of a column buffer 27 times
+    its size; the tiny config's training step at 9x128x128 ran 2.3-2.6x faster (``benchmarks/RESULTS.md``).
+    """
+    if conv.out_channels % 2 == 0 and takes_native_fallback(x, conv):
+        return F.conv3d(torch.cat((x, x), 1), conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, 2)
+    return conv(x)
+
+
 def frames_to_images(x: torch.Tensor) -> torch.Tensor:
     """(B, C, T, H, W) -> (B*T, C, H, W), frame-major like the original's rearrange."""
     b, c, t, h, w = x.shape
@@ -127,9 +161,9 @@ class CausalConv3d(nn.Module):
     def _convolve(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv_kernel != "direct" and winograd.applies(x, self.time_kernel):
             conv, key = self.conv, kernel_choice.call_key("conv3d", x, self.conv.weight)
-            return kernel_choice.CHOOSER.run(self.conv_kernel, key, lambda: conv(x),
+            return kernel_choice.CHOOSER.run(self.conv_kernel, key, lambda: conv3d_onednn(x, conv),
                                              lambda: winograd.conv3d(x, conv.weight, conv.bias))
-        return self.conv(x)
+        return conv3d_onednn(x, self.conv)
 
     def _no_frames(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
