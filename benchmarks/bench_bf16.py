@@ -10,7 +10,9 @@ Clips: camera motions over photographs (scikit-image's sample photos, see ``wfva
 rendered at the requested size. With ``--config`` the model has random weights: the PSNR against the
 input is then meaningless, but the difference between fp32 and bf16 is still the rounding cost of
 bf16 in that architecture. Pass ``--ckpt`` (a trained model folder) for costs on a model that
-reconstructs.
+reconstructs. ``--video_dir`` takes the clips from real video files instead (every file in the folder,
+sorted, in turn; consecutive clips of one file start ``2 * num_frames`` frames apart), each scaled so
+its short side is ``--resolution`` and centre-cropped as ``wfvae reconstruct`` does.
 
     python benchmarks/bench_bf16.py --config examples/configs/wfvae-large-16chn.json \\
         --num_frames 17 --resolution 128 --clips 3 --out benchmarks/results/bf16_cpu.json
@@ -31,6 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine_info  # noqa: E402  (same folder)
 
+from wfvae.data.transforms import resize_crop, to_model_tensor  # noqa: E402
+from wfvae.data.video_read import read_video  # noqa: E402
 from wfvae.demo.dataset import MOTIONS, PHOTOS, VAL_PHOTOS, load_photo, make_demo_clip  # noqa: E402
 from wfvae.evaluation import metrics as M  # noqa: E402
 from wfvae.inference.common import load_for_inference  # noqa: E402
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num_frames", type=int, default=17)
     p.add_argument("--resolution", type=int, default=128)
     p.add_argument("--clips", type=int, default=3)
+    p.add_argument("--video_dir", default=None, help="take the clips from the video files in this folder")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="JSON file for the rows and the machine")
     args = p.parse_args(argv)
@@ -64,13 +69,25 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = load_for_inference(args.ckpt, "auto", device=torch.device("cpu"))
     info = machine_info(torch.get_num_threads())
+    files = sorted(f for f in Path(args.video_dir).iterdir() if f.is_file()) if args.video_dir else []
+    if args.video_dir and not files:
+        p.error(f"--video_dir {args.video_dir} holds no files")
     rows = []
     for i in range(args.clips):
-        photo = load_photo(CLIP_PHOTOS[i % len(CLIP_PHOTOS)])
-        frames, _ = make_demo_clip(photo, MOTIONS[i % len(MOTIONS)], num_frames=args.num_frames,
-                                   size=args.resolution, seed=i)
-        video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, T, H, W)
-        row = {"clip": i, "photo": CLIP_PHOTOS[i % len(CLIP_PHOTOS)]}
+        if files:
+            path = files[i % len(files)]
+            start = (i // len(files)) * 2 * args.num_frames
+            frames = read_video(path, start=start, num_frames=args.num_frames)
+            if len(frames) < args.num_frames:
+                p.error(f"{path}: {len(frames)} frames from frame {start}, fewer than --num_frames {args.num_frames}")
+            video = to_model_tensor(resize_crop(frames, args.resolution, args.resolution, args.resolution))[None]
+            row = {"clip": i, "video": path.name, "start_frame": start}
+        else:
+            photo = load_photo(CLIP_PHOTOS[i % len(CLIP_PHOTOS)])
+            frames, _ = make_demo_clip(photo, MOTIONS[i % len(MOTIONS)], num_frames=args.num_frames,
+                                       size=args.resolution, seed=i)
+            video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, T, H, W)
+            row = {"clip": i, "photo": CLIP_PHOTOS[i % len(CLIP_PHOTOS)]}
         outs = {}
         for name, bf16 in (("fp32", False), ("bf16", True)) if i % 2 == 0 else (("bf16", True), ("fp32", False)):
             round_trip(model, video, bf16)  # warm-up: kernel choice, oneDNN primitive caches
