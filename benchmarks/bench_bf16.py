@@ -37,6 +37,7 @@ from wfvae.data.transforms import resize_crop, to_model_tensor  # noqa: E402
 from wfvae.data.video_read import read_video  # noqa: E402
 from wfvae.demo.dataset import MOTIONS, PHOTOS, VAL_PHOTOS, load_photo, make_demo_clip  # noqa: E402
 from wfvae.evaluation import metrics as M  # noqa: E402
+from wfvae.formats import is_video_path  # noqa: E402
 from wfvae.inference.common import load_for_inference  # noqa: E402
 from wfvae.models import build_model  # noqa: E402
 
@@ -69,19 +70,20 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = load_for_inference(args.ckpt, "auto", device=torch.device("cpu"))
     info = machine_info(torch.get_num_threads())
-    files = sorted(f for f in Path(args.video_dir).iterdir() if f.is_file()) if args.video_dir else []
+    files = sorted(f for f in Path(args.video_dir).iterdir() if is_video_path(f)) if args.video_dir else []
     if args.video_dir and not files:
-        p.error(f"--video_dir {args.video_dir} holds no files")
+        p.error(f"--video_dir {args.video_dir} holds no video files")
     rows = []
     for i in range(args.clips):
         if files:
             path = files[i % len(files)]
-            start = (i // len(files)) * 2 * args.num_frames
-            frames = read_video(path, start=start, num_frames=args.num_frames)
+            first_frame = (i // len(files)) * 2 * args.num_frames
+            frames = read_video(path, start=first_frame, num_frames=args.num_frames)
             if len(frames) < args.num_frames:
-                p.error(f"{path}: {len(frames)} frames from frame {start}, fewer than --num_frames {args.num_frames}")
+                p.error(f"{path}: {len(frames)} frames from frame {first_frame}, fewer than --num_frames "
+                        f"{args.num_frames}")
             video = to_model_tensor(resize_crop(frames, args.resolution, args.resolution, args.resolution))[None]
-            row = {"clip": i, "video": path.name, "start_frame": start}
+            row = {"clip": i, "video": path.name, "start_frame": first_frame}
         else:
             photo = load_photo(CLIP_PHOTOS[i % len(CLIP_PHOTOS)])
             frames, _ = make_demo_clip(photo, MOTIONS[i % len(MOTIONS)], num_frames=args.num_frames,

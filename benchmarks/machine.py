@@ -45,10 +45,21 @@ def has_bf16_instructions() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+# Environment variables that cap the instruction sets the libraries use below what the CPU offers (emulating
+# an older CPU's kernels): ATen's own vectorised kernels, oneDNN's convolutions, MKL's GEMMs.
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def isa_caps() -> dict[str, str]:
+    """The ISA caps set in this process's environment (see :data:`ISA_CAPS`)."""
+    return {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+
+
 def machine_info(threads: int | None = None) -> dict:
     model, flags = cpu_model_and_flags()
     info = {
-        "cpu": model, "isa_flags": flags, "cpus": os.cpu_count(),
+        "cpu": model, "isa_flags": flags, "isa_caps": isa_caps(),
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpus": os.cpu_count(),
         "threads": threads if threads is not None else torch.get_num_threads(),
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "loadavg_start": os.getloadavg(),
@@ -61,5 +72,8 @@ def machine_info(threads: int | None = None) -> dict:
 def describe(info: dict) -> str:
     """One line for a table caption: CPU, flags, threads, load."""
     load = info.get("loadavg_start"), info.get("loadavg_end")
-    return (f"{info['cpu']} ({', '.join(info['isa_flags']) or 'no AVX2'}), {info['threads']} threads, torch {info['torch']}, "
+    caps = info.get("isa_caps")
+    capped = f", capped by {' '.join(f'{k}={v}' for k, v in caps.items())}" if caps else ""
+    return (f"{info['cpu']} ({', '.join(info['isa_flags']) or 'no AVX2'}{capped}), {info['threads']} threads, "
+            f"torch {info['torch']}, "
             f"load average {load[0][0]:.1f} at start" + (f", {load[1][0]:.1f} at end" if load[1] else ""))

@@ -167,6 +167,17 @@ def test_auto_mode_times_both_once_per_shape_and_keeps_the_faster(monkeypatch, t
     with torch.no_grad():
         conv(x)
     assert calls[slower] == 0 and calls[faster] == 1
+    # a process whose libraries are capped to fewer instruction sets times its own choices
+    for variable in kernel_choice.ISA_CAP_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    uncapped = kernel_choice.machine_key()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert kernel_choice.machine_key() == f"{uncapped} | ONEDNN_MAX_CPU_ISA=AVX2"
+    monkeypatch.setattr(kernel_choice, "CHOOSER", kernel_choice.KernelChooser())
+    calls.update(winograd=0, direct=0)
+    with torch.no_grad():
+        conv(x)
+    assert calls["winograd"] == 1 and calls["direct"] >= 1  # not read from the cache: timed again
 
 
 @pytest.mark.parametrize("direct_s, wino_s, direct_calls", [

@@ -12,8 +12,10 @@ the storage is freed. The peak of that sum is the call's working set for that ch
 causal caches, the output so far. It follows the model's real code path (the same layers, the same
 lifetimes), so it holds for WF-VAE and CausalVAE alike and needs no per-model table. The output of the
 whole clip is added on top. What it does not count: the model's weights and input (already allocated
-before the call), convolution libraries' scratch space and weight reorders, and memory the C allocator
-keeps after a free. Measured against the process's malloc peak and resident growth in
+before the call), convolution libraries' scratch space and weight reorders, the stacked input of the small
+CPU convolutions that ``conv.conv3d_onednn`` hands to oneDNN (meta tensors take the plain path; the stack is
+2x that convolution's input, in place of PyTorch's 27x column buffer, also uncounted), and memory the C
+allocator keeps after a free. Measured against the process's malloc peak and resident growth in
 ``benchmarks/RESULTS.md`` ("Chunked inference memory").
 
 Chunking is exact, so the choice changes memory and the number of calls, never the result.

@@ -74,7 +74,8 @@ class ResnetBlock3D(nn.Module):
     def _inference(self, x: torch.Tensor, stream: StreamState | None) -> torch.Tensor:
         """The same arithmetic as ``forward`` without gradients, holding less at once: each norm output is
         freed once SiLU of it sits in the causal window, and the first conv's output once it is normalised,
-        so a convolution runs with only the block input, its window and its output alive."""
+        so a convolution runs with only the block input, its window and its output alive (plus, for small
+        float32 windows on CPU, the window stacked twice: see ``conv.conv3d_onednn``)."""
         h = self.conv1.convolve_window(self.conv1.silu_window(self.norm1(x, stream), stream))
         window = self.conv2.silu_window(self.norm2(h, stream), stream)
         del h

@@ -41,12 +41,15 @@ NATIVE_FALLBACK_MAX_NCTH = 20480
 def takes_native_fallback(x: torch.Tensor, conv: nn.Conv3d) -> bool:
     """Whether PyTorch would run ``conv(x)`` through slow_conv3d's column buffer (see above).
 
-    1x1 spatial kernels are left out: their column buffer is one copy of the input, which is cheap.
+    1x1 spatial kernels are left out: their column buffer is one copy of the input, which is cheap. So is
+    CPU autocast: the convolution then runs in bf16, which PyTorch gives to oneDNN wherever oneDNN has bf16
+    kernels (elsewhere the two-group form would not reach oneDNN either).
     ``tests/test_conv_backend.py`` checks this rule against PyTorch's own backend choice.
     """
     _, k_h, k_w = conv.kernel_size
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5 and x.shape[0] == 1
-            and conv.groups == 1 and (k_h, k_w) != (1, 1) and not (k_h > 3 and k_w > 3)
+            and not torch.is_autocast_enabled("cpu") and conv.groups == 1 and conv.padding_mode == "zeros"
+            and (k_h, k_w) != (1, 1) and not (k_h > 3 and k_w > 3)
             and x.shape[1] * x.shape[2] * x.shape[3] <= NATIVE_FALLBACK_MAX_NCTH
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
@@ -57,8 +60,10 @@ def conv3d_onednn(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     There it computes the same convolution as two groups over ``x`` stacked twice along channels: group g
     reads copy g with output channels g*O/2 .. (g+1)*O/2 of the unchanged weight, so the output and the
     gradients are the convolution's own (to float32 rounding: a different algorithm), and PyTorch takes oneDNN
-    for grouped convolutions. Memory: one extra copy of the input instead of a column buffer 27 times
-    its size; the tiny config's training step at 9x128x128 ran 2.3-2.6x faster (``benchmarks/RESULTS.md``).
+    for grouped convolutions. Memory: the stacked input, twice the input's size (kept for the backward pass
+    in training), instead of a column buffer 27 times its size at every call; the effect on a training step
+    is in ``benchmarks/RESULTS.md`` ("Training-step memory", session 8). An odd number of output channels
+    keeps PyTorch's own choice.
     """
     if conv.out_channels % 2 == 0 and takes_native_fallback(x, conv):
         return F.conv3d(torch.cat((x, x), 1), conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, 2)

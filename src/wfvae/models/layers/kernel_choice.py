@@ -37,8 +37,9 @@ logger = logging.getLogger(__name__)
 MODES = ("auto", "direct", "winograd")
 CACHE_ENV = "WFVAE_CONV_CACHE"
 #: Version of the cache file; raised whenever a kernel's implementation changes, so that choices timed
-#: against an older kernel are measured again (2: Winograd's weight transform and batched GEMMs).
-_FORMAT_VERSION = 2
+#: against an older kernel are measured again (2: Winograd's weight transform and batched GEMMs; 3: small
+#: float32 direct convolutions run by oneDNN instead of slow_conv3d, see ``conv.conv3d_onednn``).
+_FORMAT_VERSION = 3
 #: oneDNN's first call of a shape also creates its kernel, a one-off cost. When Winograd beats that first
 #: (timed) direct call, direct is timed again if the lead is under this fraction of the call, or if the call
 #: was short enough (``RECHECK_BELOW_S``) for the one-off cost to be most of it. A larger lead on a longer
@@ -64,9 +65,16 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: Environment variables that make oneDNN, MKL or ATen use fewer instruction sets than the CPU has; a choice
+#: timed under such a cap is not the uncapped machine's choice.
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+
+
 def machine_key() -> str:
-    """The part of every cache key that names this machine and software: CPU model, torch, threads."""
-    return f"{_cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    """The part of every cache key that names this machine and software: CPU model, torch, threads, ISA caps."""
+    key = f"{_cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    caps = ",".join(f"{v}={os.environ[v]}" for v in ISA_CAP_VARIABLES if os.environ.get(v))
+    return f"{key} | {caps}" if caps else key
 
 
 def default_cache_path() -> Path | None:

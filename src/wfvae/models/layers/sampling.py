@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpointing import checkpointable
-from .conv import CausalConv3d, FrameConv2d, frames_to_images, images_to_frames
+from .conv import CausalConv3d, FrameConv2d, conv3d_onednn, frames_to_images, images_to_frames
 from .stream import StreamState, causal_time_window, time_upsample_2x
 
 
@@ -155,7 +155,7 @@ class TimeDownsampleRes2x(nn.Module):
             return x.new_empty(b, self.conv.out_channels, 0, h, w)
         alpha = torch.sigmoid(self.mix_factor)
         pooled = F.avg_pool3d(x, (self.kernel_size, 1, 1), stride=(2, 1, 1))
-        return alpha * pooled + (1 - alpha) * self.conv(x)
+        return alpha * pooled + (1 - alpha) * conv3d_onednn(x, self.conv)
 
 
 class TimeUpsample2x(nn.Module):
