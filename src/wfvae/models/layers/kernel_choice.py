@@ -14,7 +14,9 @@ else ``conv_kernels.json`` in wfvae's user cache folder (``~/.cache/wfvae``, or 
 :func:`wfvae.downloads.default_cache_dir`). Entries are keyed by
 the CPU model, the torch version, the thread count and the call's shape, so a file copied to
 another machine or read by another torch is not reused, and the file carries a version that changes with
-the kernels' code. Delete the file to measure again (e.g. after timing under heavy load).
+the kernels' code. A choice timed while the machine was oversubscribed (1-minute load average above the
+CPU count) is marked ``busy``: it is used, but the first later call of that shape on a machine that is no
+longer oversubscribed times both kernels again and replaces it. Delete the file to measure everything again.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ class KernelChooser:
         key = f"{machine_key()} | {call_key}"
         self._load_disk_cache()
         entry = self._choices.get(key)
-        if entry is not None:
+        if entry is not None and not (entry.get("busy") and not machine_busy()):
             return winograd() if entry["kernel"] == "winograd" else direct()
         return self._measure(key, direct, winograd)
 
@@ -116,7 +118,8 @@ class KernelChooser:
             t_again, out_direct = _timed(direct)
             t_direct = min(t_direct, t_again)
         kernel = "winograd" if t_wino < t_direct else "direct"
-        self._choices[key] = {"kernel": kernel, "direct_s": round(t_direct, 6), "winograd_s": round(t_wino, 6)}
+        self._choices[key] = {"kernel": kernel, "direct_s": round(t_direct, 6), "winograd_s": round(t_wino, 6),
+                              "busy": machine_busy()}
         logger.debug("conv kernel for %s: %s (direct %.4f s, winograd %.4f s)", key, kernel, t_direct, t_wino)
         self._save_disk_cache(key)
         return out_wino if kernel == "winograd" else out_direct
@@ -154,6 +157,15 @@ class KernelChooser:
                 os.replace(tmp, path)
             except OSError as e:  # a read-only home must not stop inference; the choice stays in memory
                 logger.warning("could not write the convolution kernel cache %s: %s", path, e)
+
+
+def machine_busy() -> bool:
+    """Whether the machine is oversubscribed now (1-minute load average above the CPU count), so that a
+    timing taken now may reflect other processes more than the kernels. False where there is no load average."""
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return False
 
 
 def _timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
