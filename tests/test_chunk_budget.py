@@ -102,3 +102,27 @@ def test_release_freed_memory_applies_on_glibc():
     # the project runs on Linux/glibc (elsewhere it reports False and does nothing); free_memory_promptly, being
     # process-wide, is tested in a fresh process by test_host_allocator.py
     assert release_freed_memory() is True
+
+
+def test_estimate_counts_winograd_work_buffers(monkeypatch):
+    """With Winograd kernels ("auto" or "winograd") the estimate holds their buffers, as the real call does."""
+    from wfvae.models.chunk_plan import _StorageBytes
+    from wfvae.models.layers import winograd
+
+    monkeypatch.setattr(winograd, "MIN_OUTPUT_PIXELS", 0)  # Winograd on every eligible layer at this small size
+    torch.manual_seed(0)
+    model = build_model(ROOT / "examples" / "configs" / "wfvae_tiny.json").double().eval()
+    z = torch.randn(1, model.latent_channels, 5, 12, 12, dtype=torch.float64)
+    estimates, peaks = {}, {}
+    for mode in ("direct", "winograd"):
+        model.set_conv_kernels(mode)
+        estimates[mode] = estimate_call_bytes(model, "decode", z.shape, z.dtype, 1)
+        tracker = _StorageBytes()  # the estimate's own counter, on the real call
+        with torch.no_grad(), tracker:
+            model.decode(z, chunk_size=1)
+        peaks[mode] = tracker.peak
+    assert estimates["winograd"] > 1.3 * estimates["direct"]  # the transformed inputs, weights and products
+    for mode in estimates:
+        assert abs(peaks[mode] - estimates[mode]) <= 0.02 * estimates[mode], (mode, peaks, estimates)
+    model.set_conv_kernels("auto")  # counted as Winograd: an upper bound of what "auto" may choose
+    assert estimate_call_bytes(model, "decode", z.shape, z.dtype, 1) == estimates["winograd"]

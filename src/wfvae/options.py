@@ -232,8 +232,10 @@ class MemoryBudgetOptions:
         return {"chunk_size": "auto", "max_memory_gb": self.max_memory_gb}
 
     def conv_kernels(self, conv: str) -> str:
-        """The kernel mode to load the model with: ``--conv auto`` under a budget runs oneDNN's direct kernels,
-        because Winograd's work buffers (~150 MB at WF-VAE-L's widest layers) are not in the budget's estimate."""
+        """The kernel mode to load the model with: ``--conv auto`` under a budget runs oneDNN's direct kernels.
+        The budget's estimate counts Winograd's work buffers (~150 MB at WF-VAE-L's widest layers) whenever
+        Winograd may run, so direct leaves more of the budget to larger chunks, which take fewer calls; and
+        smaller calls favour direct anyway (``benchmarks/RESULTS.md``). ``--conv winograd`` is obeyed."""
         return "direct" if conv == "auto" and self.max_memory_gb is not None else conv
 
     def release_memory_promptly(self, device_type: str) -> None:

@@ -12,7 +12,9 @@ the storage is freed. The peak of that sum is the call's working set for that ch
 causal caches, the output so far. It follows the model's real code path (the same layers, the same
 lifetimes), so it holds for WF-VAE and CausalVAE alike and needs no per-model table. The output of the
 whole clip is added on top. What it does not count: the model's weights and input (already allocated
-before the call), convolution libraries' scratch space and weight reorders, the stacked input of the small
+before the call), convolution libraries' scratch space and weight reorders (our Winograd kernel's buffers
+are counted: the twin runs it on every eligible layer when the model's kernel mode is "auto" or
+"winograd"), the stacked input of the small
 CPU convolutions that ``conv.conv3d_onednn`` hands to oneDNN (meta tensors take the plain path; the stack is
 2x that convolution's input, in place of PyTorch's 27x column buffer, also uncounted), and memory the C
 allocator keeps after a free. Measured against the process's malloc peak and resident growth in
@@ -99,8 +101,18 @@ def _output_frames(model, kind: str, frames: int) -> int:
     return 1 + (frames - 1) // tf if kind == "encode" else 1 + (frames - 1) * tf
 
 
+def _kernels(model) -> str:
+    """How the twin runs the convolutions: "winograd" when any of the model's may run Winograd ("auto" or
+    "winograd", see ``set_conv_kernels``), so that its work buffers are counted (an upper bound under "auto",
+    which may choose direct for some shapes); else "direct"."""
+    modes = {m.conv_kernel for m in model.modules() if hasattr(m, "conv_kernel")}
+    return "direct" if modes <= {"direct"} else "winograd"
+
+
 @functools.lru_cache(maxsize=256)
-def _estimate(twin, kind: str, shape: tuple[int, ...], dtype: torch.dtype, chunk: int | None) -> int:
+def _estimate(twin, kind: str, shape: tuple[int, ...], dtype: torch.dtype, chunk: int | None,
+              kernels: str = "direct") -> int:
+    twin.set_conv_kernels(kernels)  # the twin is shared by every model of this config: set on every call
     b, c, t, h, w = shape
     if chunk is None:
         sim_t = t
@@ -130,7 +142,7 @@ def estimate_call_bytes(model, kind: str, shape, dtype: torch.dtype, chunk: int 
     """
     if kind not in ("encode", "decode"):
         raise ValueError(f"kind must be 'encode' or 'decode', got {kind!r}")
-    return _estimate(_twin(model), kind, tuple(int(s) for s in shape), dtype, chunk)
+    return _estimate(_twin(model), kind, tuple(int(s) for s in shape), dtype, chunk, _kernels(model))
 
 
 def _candidates(model, kind: str, frames: int) -> list[int]:

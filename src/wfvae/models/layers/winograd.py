@@ -51,7 +51,9 @@ def applies(x: torch.Tensor, kernel_t: int) -> bool:
     row per 2x2 output tile, so small calls (a few frames of 8x8 or 16x16 pixels) run slower than
     oneDNN's direct kernel; those keep it.
     """
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.is_grad_enabled():
+    # "meta": the shapes-only twin of ``chunk_plan``, which runs Winograd to count its work buffers
+    if x.device.type not in ("cpu", "meta") or x.dtype not in (torch.float32, torch.float64) \
+            or torch.is_grad_enabled():
         return False
     if torch.is_autocast_enabled("cpu"):  # bf16 autocast: oneDNN's low-precision kernels, not float32 GEMMs
         return False
