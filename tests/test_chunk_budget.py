@@ -104,15 +104,19 @@ def test_release_freed_memory_applies_on_glibc():
     assert release_freed_memory() is True
 
 
-def test_estimate_counts_winograd_work_buffers(monkeypatch):
+def test_estimate_counts_winograd_work_buffers(monkeypatch, request):
     """With Winograd kernels ("auto" or "winograd") the estimate holds their buffers, as the real call does."""
+    from wfvae.models import chunk_plan
     from wfvae.models.chunk_plan import _StorageBytes
     from wfvae.models.layers import winograd
 
     monkeypatch.setattr(winograd, "MIN_OUTPUT_PIXELS", 0)  # Winograd on every eligible layer at this small size
+    monkeypatch.setattr(winograd, "BLOCK_ELEMENTS", 16 * 6 * 8 * 3)  # several blocks per call, the last cropped
+    chunk_plan._estimate.cache_clear()  # estimates depend on these settings, which their cache key leaves out
+    request.addfinalizer(chunk_plan._estimate.cache_clear)
     torch.manual_seed(0)
     model = build_model(ROOT / "examples" / "configs" / "wfvae_tiny.json").double().eval()
-    z = torch.randn(1, model.latent_channels, 5, 12, 12, dtype=torch.float64)
+    z = torch.randn(1, model.latent_channels, 5, 11, 11, dtype=torch.float64)  # odd: cropped tiles
     estimates, peaks = {}, {}
     for mode in ("direct", "winograd"):
         model.set_conv_kernels(mode)
@@ -126,3 +130,5 @@ def test_estimate_counts_winograd_work_buffers(monkeypatch):
         assert abs(peaks[mode] - estimates[mode]) <= 0.02 * estimates[mode], (mode, peaks, estimates)
     model.set_conv_kernels("auto")  # counted as Winograd: an upper bound of what "auto" may choose
     assert estimate_call_bytes(model, "decode", z.shape, z.dtype, 1) == estimates["winograd"]
+    # off the CPU (a GPU model; here the meta device) Winograd never runs, so it is not counted either
+    assert estimate_call_bytes(model.to("meta"), "decode", z.shape, z.dtype, 1) == estimates["direct"]

@@ -84,8 +84,8 @@ def test_reconstruct_single_video_and_image(tiny_model_dir, tmp_path):
 
 
 def test_memory_budget_runs_direct_kernels(tiny_model_dir, tmp_path, monkeypatch):
-    """--conv auto times Winograd against oneDNN per layer shape, except under --max_memory_gb: Winograd's
-    work buffers are outside the budget's estimate, so the budget runs the direct kernels."""
+    """--conv auto times Winograd against oneDNN per layer shape, except under --max_memory_gb: the budget's
+    estimate would count Winograd's work buffers, so the budget runs the direct kernels, leaving it to chunks."""
     from wfvae.models.layers import kernel_choice
 
     monkeypatch.setenv(kernel_choice.CACHE_ENV, "off")

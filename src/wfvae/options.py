@@ -233,7 +233,8 @@ class MemoryBudgetOptions:
 
     def conv_kernels(self, conv: str) -> str:
         """The kernel mode to load the model with: ``--conv auto`` under a budget runs oneDNN's direct kernels.
-        The budget's estimate counts Winograd's work buffers (~150 MB at WF-VAE-L's widest layers) whenever
+        The budget's estimate counts Winograd's work buffers (up to ~150 MB for WF-VAE-L, depending on the
+        chunk size) whenever
         Winograd may run, so direct leaves more of the budget to larger chunks, which take fewer calls; and
         smaller calls favour direct anyway (``benchmarks/RESULTS.md``). ``--conv winograd`` is obeyed."""
         return "direct" if conv == "auto" and self.max_memory_gb is not None else conv

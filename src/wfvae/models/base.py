@@ -158,7 +158,9 @@ class VideoAutoencoder(nn.Module):
         Both kernels compute the same convolution up to float rounding (against a float64
         reference the Winograd float32 layer error was smaller than the direct kernel's).
         Winograd works in blocks of frames and tile rows (about 32 MiB of transformed input
-        each), so it adds no measurable peak memory over the direct kernels.
+        each), so its work buffers do not grow with the frame size; with the transformed weights of the
+        widest layers they are ~150 MB for WF-VAE-L, which ``chunk_size="auto"`` counts against its
+        budget (``wfvae.models.chunk_plan``).
         """
         kernel_choice.check_mode(mode)
         for module in self.modules():

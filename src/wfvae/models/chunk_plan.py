@@ -73,15 +73,15 @@ class _StorageBytes(TorchDispatchMode):
 
 
 @functools.lru_cache(maxsize=8)
-def _meta_twin(cls: type, config_json: str, dtype: torch.dtype) -> torch.nn.Module:
+def _meta_twin(cls: type, config_json: str, dtype: torch.dtype, kernels: str) -> torch.nn.Module:
     with torch.device("meta"):
-        return cls.from_config(json.loads(config_json)).to(dtype).eval()
+        return cls.from_config(json.loads(config_json)).to(dtype).eval().set_conv_kernels(kernels)
 
 
 def _twin(model) -> torch.nn.Module:
-    """The model's architecture on the meta device, in its parameters' dtype (cached per config)."""
+    """The model's architecture on the meta device, in its parameters' dtype and kernels (cached per config)."""
     dtype = next(model.parameters()).dtype
-    return _meta_twin(type(model), json.dumps(model.config, sort_keys=True), dtype)
+    return _meta_twin(type(model), json.dumps(model.config, sort_keys=True), dtype, _kernels(model))
 
 
 def check_budget(max_memory_gb) -> None:
@@ -102,17 +102,17 @@ def _output_frames(model, kind: str, frames: int) -> int:
 
 
 def _kernels(model) -> str:
-    """How the twin runs the convolutions: "winograd" when any of the model's may run Winograd ("auto" or
-    "winograd", see ``set_conv_kernels``), so that its work buffers are counted (an upper bound under "auto",
-    which may choose direct for some shapes); else "direct"."""
+    """How the twin runs the convolutions: "winograd" when any of the model's may run Winograd (on CPU, in mode
+    "auto" or "winograd", see ``set_conv_kernels``), so that its work buffers are counted (an upper bound under
+    "auto", which may choose direct for some shapes); else "direct"."""
+    if next(model.parameters()).device.type != "cpu":
+        return "direct"  # Winograd runs on CPU only
     modes = {m.conv_kernel for m in model.modules() if hasattr(m, "conv_kernel")}
     return "direct" if modes <= {"direct"} else "winograd"
 
 
 @functools.lru_cache(maxsize=256)
-def _estimate(twin, kind: str, shape: tuple[int, ...], dtype: torch.dtype, chunk: int | None,
-              kernels: str = "direct") -> int:
-    twin.set_conv_kernels(kernels)  # the twin is shared by every model of this config: set on every call
+def _estimate(twin, kind: str, shape: tuple[int, ...], dtype: torch.dtype, chunk: int | None) -> int:
     b, c, t, h, w = shape
     if chunk is None:
         sim_t = t
@@ -142,7 +142,7 @@ def estimate_call_bytes(model, kind: str, shape, dtype: torch.dtype, chunk: int 
     """
     if kind not in ("encode", "decode"):
         raise ValueError(f"kind must be 'encode' or 'decode', got {kind!r}")
-    return _estimate(_twin(model), kind, tuple(int(s) for s in shape), dtype, chunk, _kernels(model))
+    return _estimate(_twin(model), kind, tuple(int(s) for s in shape), dtype, chunk)
 
 
 def _candidates(model, kind: str, frames: int) -> list[int]:

@@ -70,6 +70,14 @@ def conv3d_onednn(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     return conv(x)
 
 
+def _run_kernel(mode: str, x: torch.Tensor, key: str, direct, winograd_fn) -> torch.Tensor:
+    """The kernel ``mode`` picks (see :mod:`kernel_choice`). Meta tensors (``chunk_plan``'s shapes-only twin) have
+    nothing to time: they run Winograd, whose work buffers the twin then counts."""
+    if x.device.type == "meta":
+        return winograd_fn()
+    return kernel_choice.CHOOSER.run(mode, key, direct, winograd_fn)
+
+
 def frames_to_images(x: torch.Tensor) -> torch.Tensor:
     """(B, C, T, H, W) -> (B*T, C, H, W), frame-major like the original's rearrange."""
     b, c, t, h, w = x.shape
@@ -93,7 +101,7 @@ class FrameConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         if self.conv_kernel != "direct" and winograd.applies(x, 1):
             key = kernel_choice.call_key("frame2d", x, self.weight)
-            return kernel_choice.CHOOSER.run(self.conv_kernel, key, lambda: self._direct(x), lambda: self._winograd(x))
+            return _run_kernel(self.conv_kernel, x, key, lambda: self._direct(x), lambda: self._winograd(x))
         return self._direct(x)
 
     def _direct(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +174,7 @@ class CausalConv3d(nn.Module):
     def _convolve(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv_kernel != "direct" and winograd.applies(x, self.time_kernel):
             conv, key = self.conv, kernel_choice.call_key("conv3d", x, self.conv.weight)
-            return kernel_choice.CHOOSER.run(self.conv_kernel, key, lambda: conv3d_onednn(x, conv),
+            return _run_kernel(self.conv_kernel, x, key, lambda: conv3d_onednn(x, conv),
                                              lambda: winograd.conv3d(x, conv.weight, conv.bias))
         return conv3d_onednn(x, self.conv)
 

@@ -12,11 +12,12 @@ The choices are kept for the process, and also on disk so that later runs on the
 the timing: in ``$WFVAE_CONV_CACHE`` if set (a file path; ``off`` keeps choices in memory only),
 else ``conv_kernels.json`` in wfvae's user cache folder (``~/.cache/wfvae``, or ``$WFVAE_CACHE_DIR``; see
 :func:`wfvae.downloads.default_cache_dir`). Entries are keyed by
-the CPU model, the torch version, the thread count and the call's shape, so a file copied to
-another machine or read by another torch is not reused, and the file carries a version that changes with
-the kernels' code. A choice timed while the machine was oversubscribed (1-minute load average above the
-CPU count) is marked ``busy``: it is used, but the first later call of that shape on a machine that is no
-longer oversubscribed times both kernels again and replaces it. Delete the file to measure everything again.
+the CPU model, the torch version, the thread count, any ISA caps in the environment (``ONEDNN_MAX_CPU_ISA``
+...) and the call's shape, so a file copied to another machine or read by another torch is not reused, and
+the file carries a version that changes with the kernels' code. A cached choice is never timed again behind
+the user's back, so that runs on one machine compute the same bits. A choice timed while the machine was
+oversubscribed (:func:`machine_busy`) is marked ``"busy": true`` in the file and a warning says so: delete
+the file (or point ``$WFVAE_CONV_CACHE`` elsewhere) to measure again on a quiet machine.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ class KernelChooser:
     """Per-shape kernel choices with the timings they were based on; one per process (:data:`CHOOSER`)."""
 
     def __init__(self) -> None:
-        self._choices: dict[str, dict] = {}  # full key -> {"kernel", "direct_s", "winograd_s"}
+        self._choices: dict[str, dict] = {}  # full key -> {"kernel", "direct_s", "winograd_s", "busy"}
         self._loaded_from: Path | None = None
+        self._warned_busy = False
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ the call
@@ -106,7 +108,7 @@ class KernelChooser:
         key = f"{machine_key()} | {call_key}"
         self._load_disk_cache()
         entry = self._choices.get(key)
-        if entry is not None and not (entry.get("busy") and not machine_busy()):
+        if entry is not None:
             return winograd() if entry["kernel"] == "winograd" else direct()
         return self._measure(key, direct, winograd)
 
@@ -118,8 +120,15 @@ class KernelChooser:
             t_again, out_direct = _timed(direct)
             t_direct = min(t_direct, t_again)
         kernel = "winograd" if t_wino < t_direct else "direct"
+        busy = machine_busy()
         self._choices[key] = {"kernel": kernel, "direct_s": round(t_direct, 6), "winograd_s": round(t_wino, 6),
-                              "busy": machine_busy()}
+                              "busy": busy}
+        if busy and not self._warned_busy:
+            self._warned_busy = True
+            logger.warning("timing convolution kernels (--conv auto) while the machine is oversubscribed (load "
+                           "average %.1f on %d CPUs): the choices may be wrong for a quiet machine and are kept "
+                           "in %s; delete that file to measure again", os.getloadavg()[0], os.cpu_count() or 1,
+                           default_cache_path() or "memory")
         logger.debug("conv kernel for %s: %s (direct %.4f s, winograd %.4f s)", key, kernel, t_direct, t_wino)
         self._save_disk_cache(key)
         return out_wino if kernel == "winograd" else out_direct
@@ -159,11 +168,16 @@ class KernelChooser:
                 logger.warning("could not write the convolution kernel cache %s: %s", path, e)
 
 
+#: :func:`machine_busy` threshold: runnable tasks per CPU (the timing process's own threads count too).
+BUSY_LOAD_PER_CPU = 1.5
+
+
 def machine_busy() -> bool:
-    """Whether the machine is oversubscribed now (1-minute load average above the CPU count), so that a
-    timing taken now may reflect other processes more than the kernels. False where there is no load average."""
+    """Whether the machine is oversubscribed now (1-minute load average above 1.5 x the CPU count), so that
+    a timing taken now may reflect other processes more than the kernels. False where there is no load
+    average. Machine-wide: a container is judged by its host's load."""
     try:
-        return os.getloadavg()[0] > (os.cpu_count() or 1)
+        return os.getloadavg()[0] > BUSY_LOAD_PER_CPU * (os.cpu_count() or 1)
     except (AttributeError, OSError):
         return False
 
