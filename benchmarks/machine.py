@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from wfvae.models.layers.kernel_choice import isa_caps
+
 # /proc/cpuinfo flags that decide which convolution / GEMM kernels oneDNN and MKL can use
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
              "amx_tile", "amx_bf16", "amx_int8")
@@ -45,19 +47,10 @@ def has_bf16_instructions() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-# Environment variables that cap the instruction sets the libraries use below what the CPU offers (emulating
-# an older CPU's kernels): ATen's own vectorised kernels, oneDNN's convolutions, MKL's GEMMs.
-ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-
-
-def isa_caps() -> dict[str, str]:
-    """The ISA caps set in this process's environment (see :data:`ISA_CAPS`)."""
-    return {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
-
-
 def machine_info(threads: int | None = None) -> dict:
     model, flags = cpu_model_and_flags()
     info = {
+        # environment variables capping the instruction sets ATen, oneDNN and MKL use (emulating an older CPU)
         "cpu": model, "isa_flags": flags, "isa_caps": isa_caps(),
         "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpus": os.cpu_count(),
         "threads": threads if threads is not None else torch.get_num_threads(),

@@ -234,9 +234,9 @@ class MemoryBudgetOptions:
     def conv_kernels(self, conv: str) -> str:
         """The kernel mode to load the model with: ``--conv auto`` under a budget runs oneDNN's direct kernels.
         The budget's estimate counts Winograd's work buffers (up to ~150 MB for WF-VAE-L, depending on the
-        chunk size) whenever
-        Winograd may run, so direct leaves more of the budget to larger chunks, which take fewer calls; and
-        smaller calls favour direct anyway (``benchmarks/RESULTS.md``). ``--conv winograd`` is obeyed."""
+        chunk size) whenever Winograd may run, so direct leaves more of the budget to larger chunks, which take
+        fewer calls; and smaller calls favour direct anyway (``benchmarks/RESULTS.md``). ``--conv winograd`` is
+        obeyed."""
         return "direct" if conv == "auto" and self.max_memory_gb is not None else conv
 
     def release_memory_promptly(self, device_type: str) -> None:

@@ -14,10 +14,9 @@ lifetimes), so it holds for WF-VAE and CausalVAE alike and needs no per-model ta
 whole clip is added on top. What it does not count: the model's weights and input (already allocated
 before the call), convolution libraries' scratch space and weight reorders (our Winograd kernel's buffers
 are counted: the twin runs it on every eligible layer when the model's kernel mode is "auto" or
-"winograd"), the stacked input of the small
-CPU convolutions that ``conv.conv3d_onednn`` hands to oneDNN (meta tensors take the plain path; the stack is
-2x that convolution's input, in place of PyTorch's 27x column buffer, also uncounted), and memory the C
-allocator keeps after a free. Measured against the process's malloc peak and resident growth in
+"winograd"), the stacked input of the small CPU convolutions that ``conv.conv3d_onednn`` hands to oneDNN
+(meta tensors take the plain path; the stack is 2x that convolution's input, in place of PyTorch's 27x
+column buffer, also uncounted), and memory the C allocator keeps after a free. Measured against the process's malloc peak and resident growth in
 ``benchmarks/RESULTS.md`` ("Chunked inference memory").
 
 Chunking is exact, so the choice changes memory and the number of calls, never the result.

@@ -73,10 +73,15 @@ def _cpu_model() -> str:
 ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 
 
+def isa_caps() -> dict[str, str]:
+    """The ISA caps set in this process's environment (:data:`ISA_CAP_VARIABLES` -> value)."""
+    return {v: os.environ[v] for v in ISA_CAP_VARIABLES if os.environ.get(v)}
+
+
 def machine_key() -> str:
     """The part of every cache key that names this machine and software: CPU model, torch, threads, ISA caps."""
     key = f"{_cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
-    caps = ",".join(f"{v}={os.environ[v]}" for v in ISA_CAP_VARIABLES if os.environ.get(v))
+    caps = ",".join(f"{v}={value}" for v, value in isa_caps().items())
     return f"{key} | {caps}" if caps else key
 
 
