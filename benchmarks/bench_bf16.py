@@ -36,6 +36,7 @@ from machine import machine_info  # noqa: E402  (same folder)
 from wfvae.data.transforms import resize_crop, to_model_tensor  # noqa: E402
 from wfvae.data.video_read import read_video  # noqa: E402
 from wfvae.demo.dataset import MOTIONS, PHOTOS, VAL_PHOTOS, load_photo, make_demo_clip  # noqa: E402
+from wfvae.errors import VideoDecodeError  # noqa: E402
 from wfvae.evaluation import metrics as M  # noqa: E402
 from wfvae.formats import is_video_path  # noqa: E402
 from wfvae.inference.common import load_for_inference  # noqa: E402
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = load_for_inference(args.ckpt, "auto", device=torch.device("cpu"))
     info = machine_info(torch.get_num_threads())
+    if args.video_dir and not Path(args.video_dir).is_dir():
+        p.error(f"--video_dir {args.video_dir} is not a folder")
     files = sorted(f for f in Path(args.video_dir).iterdir() if is_video_path(f)) if args.video_dir else []
     if args.video_dir and not files:
         p.error(f"--video_dir {args.video_dir} holds no video files")
@@ -78,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         if files:
             path = files[i % len(files)]
             first_frame = (i // len(files)) * 2 * args.num_frames
-            frames = read_video(path, start=first_frame, num_frames=args.num_frames)
-            if len(frames) < args.num_frames:
-                p.error(f"{path}: {len(frames)} frames from frame {first_frame}, fewer than --num_frames "
-                        f"{args.num_frames}")
+            try:
+                frames = read_video(path, start=first_frame, num_frames=args.num_frames)
+            except VideoDecodeError as e:  # unreadable, or fewer than --num_frames frames from first_frame
+                p.error(str(e))
             video = to_model_tensor(resize_crop(frames, args.resolution, args.resolution, args.resolution))[None]
             row = {"clip": i, "video": path.name, "start_frame": first_frame}
         else:
