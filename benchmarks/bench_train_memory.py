@@ -24,7 +24,7 @@ Variants: ``ours`` (plain backward), ``ours_ckpt`` (``enable_gradient_checkpoint
 weights) and ``original_fixed`` (the same, with our host-allocator setting). ``--dtype bf16`` runs all of
 them under ``torch.autocast(bfloat16)``.
 
-Host allocator (``--allocator``): ``fixed`` (default) runs ours as ``wfvae train --release_host_memory`` does,
+Host allocator (``--allocator``, CPU only: on CUDA every variant runs with glibc's defaults): ``fixed`` (default) runs ours as ``wfvae train --release_host_memory`` does,
 with glibc's mmap threshold fixed (``wfvae.runtime.free_memory_promptly``) so freed activations leave the
 process, and the original as its own trainer runs, with glibc's defaults; ``original_fixed`` separates the
 allocator's share from the tensors'. ``default``: every variant with glibc's defaults (no ``original_fixed``).
@@ -196,7 +196,7 @@ def run_worker(job: dict) -> dict:
     raise RuntimeError(f"worker failed ({proc.returncode}) for {job['what']} {job.get('variant', '')}")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(ROOT / "examples/configs/wfvae_tiny.json"), help="a WF-VAE config.json")
     p.add_argument("--reference_repo", default=None, help="checkout of the original WF-VAE to compare against")
@@ -218,6 +218,11 @@ def main(argv=None) -> int:
     p.add_argument("--skip_memory", action="store_true")
     p.add_argument("--json", default=str(ROOT / "benchmarks/results/train_memory.json"))
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args._worker:
         print("RESULT " + json.dumps(worker(json.loads(args._worker))), flush=True)
@@ -226,6 +231,8 @@ def main(argv=None) -> int:
         p.error(f"--reference_repo {args.reference_repo} has no causalvideovae/ package")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible")
+    if args.device == "cuda":
+        args.allocator = "default"  # glibc's mmap threshold is host memory: it has no say in a CUDA step's peak
 
     from wfvae.models import build_model
 

@@ -113,3 +113,23 @@ def test_bench_train_memory_runs_and_cleans_up(tmp_path, tiny_config):
         assert all(m["mmap_threshold_fixed"] for m in result["memory"].values())
     assert result["time"]["grad_max_rel_diff_ckpt_vs_plain"] == 0.0
     assert result["machine"]["cpu"] and isinstance(result["machine"]["isa_flags"], list)
+
+    # the GPU check's summary of the same JSON (benchmarks/gpu_check.py, case train_memory) reads this format;
+    # an "original" entry (here ours again, scaled) exercises the ratios and the target verdict
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    ctx = gpu_check.Context(out=tmp_path, device="cuda", quick=False, reference_repo=None, weights=None)
+    (dtype, frames, size), _ = gpu_check.TRAIN_MEMORY_RUNS
+    named = tmp_path / f"train_memory_{dtype}_{frames}x{size}.json"
+    result["memory"]["original"] = {"growth_mb": result["memory"]["ours_ckpt"]["growth_mb"] * 2.5}
+    result["time"]["times_s"]["original"] = [t / 1.2 for t in result["time"]["times_s"]["ours_ckpt"]]
+    named.write_text(json.dumps(result))
+    summary = gpu_check.check_train_memory(ctx, [{"returncode": 0}])
+    assert summary["status"] == "pass" and len(summary["rows"]) == 1
+    row = summary["rows"][0]
+    assert row["ckpt_vs_original"] == {"memory": 0.4, "time": 1.2} and row["target_met"] is True
+    assert set(row["growth_mb"]) == {"ours", "ours_ckpt", "original"}
+    assert gpu_check.check_train_memory(ctx, [{"returncode": 1}])["status"] == "fail"

@@ -29,7 +29,8 @@ def test_dry_run_checks_the_plan_on_cpu(tmp_path):
     report = json.loads((out / "gpu_check.json").read_text())
     cases = report["cases"]
     assert list(cases) == ["environment", "parity_fp32", "bf16_psnr", "chunked", "groupnorm_layout",
-                           "attention_kernels", "train_resume", "train_fp16", "bench_inference", "bench_train_step"]
+                           "attention_kernels", "train_resume", "train_fp16", "bench_inference", "bench_train_step",
+                           "train_memory"]
     # the light cases really ran on the CPU (smallest inputs), with the CPU tolerances
     assert cases["parity_fp32"]["status"] == "pass"
     assert cases["parity_fp32"]["wfvae_small"]["decoded_max_abs"] <= 1e-4
@@ -37,11 +38,12 @@ def test_dry_run_checks_the_plan_on_cpu(tmp_path):
     assert 0 < cases["bf16_psnr"]["clips"][0]["psnr_bf16_vs_fp32_db"] < 200
     assert cases["attention_kernels"]["attention_widths"] == [768]  # WF-VAE-L's attention blocks
     # the GPU commands were built and accepted by their own parsers / the training CLI's --check_only
-    for name in ("train_resume", "train_fp16", "bench_inference", "bench_train_step"):
+    for name in ("train_resume", "train_fp16", "bench_inference", "bench_train_step", "train_memory"):
         assert cases[name]["status"] == "planned", cases[name]
     plan = report["plan"]
     assert "--device cuda" in plan["bench_inference"][0] and "--device cuda" in plan["bench_train_step"][0]
     assert "--dtype bf16" in plan["bench_train_step"][0]
+    assert len(plan["train_memory"]) == 2 and all("--device cuda" in c for c in plan["train_memory"])
     assert "--resume_from_checkpoint latest" in plan["train_resume"][1]
     assert not (out / "clips").exists() and not (out / "train_data").exists(), "scratch data left behind"
 
