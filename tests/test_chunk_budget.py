@@ -132,3 +132,61 @@ def test_estimate_counts_winograd_work_buffers(monkeypatch, request):
     assert estimate_call_bytes(model, "decode", z.shape, z.dtype, 1) == estimates["winograd"]
     # off the CPU (a GPU model; here the meta device) Winograd never runs, so it is not counted either
     assert estimate_call_bytes(model.to("meta"), "decode", z.shape, z.dtype, 1) == estimates["direct"]
+
+
+
+def _tracked_call(model, kind, x, chunk):
+    """The real call's peak, counted by the estimate's own counter."""
+    from wfvae.models.chunk_plan import _StorageBytes
+
+    tracker = _StorageBytes()
+    with tracker:
+        out = model.encode(x, chunk_size=chunk).moments if kind == "encode" else model.decode(x, chunk_size=chunk)
+    return out, tracker.peak
+
+
+def test_estimate_matches_float32_and_bounds_bf16_autocast_calls():
+    """float32 on CPU (small convolutions stack their input for oneDNN, counted on the twin too): the estimate
+    is the real call's peak. Inside torch.autocast (--dtype bf16) it follows the bf16 call, with autocast's
+    per-call casts: at or just above the real peak, and half the float32 estimate for decoding."""
+    torch.manual_seed(0)
+    model = build_model(ROOT / "examples" / "configs" / "wfvae_tiny.json").eval().requires_grad_(False)
+    video = torch.rand(1, 3, 17, 32, 32) * 2 - 1
+    with torch.inference_mode():
+        z = model.encode(video).moments[:, : model.latent_channels]
+    for kind, x, chunk in [("encode", video, 4), ("encode", video, None), ("decode", z, 1), ("decode", z, None)]:
+        with torch.inference_mode():
+            fp32 = estimate_call_bytes(model, kind, x.shape, x.dtype, chunk)
+            _, peak = _tracked_call(model, kind, x, chunk)
+            assert abs(peak - fp32) <= 0.01 * peak, (kind, chunk, peak, fp32)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16 = estimate_call_bytes(model, kind, x.shape, x.dtype, chunk)
+                out, peak = _tracked_call(model, kind, x, chunk)
+        assert out.dtype == torch.bfloat16
+        assert peak <= bf16 <= 1.25 * peak, (kind, chunk, peak, bf16)
+        if kind == "decode":
+            assert bf16 < 0.5 * fp32, (chunk, bf16, fp32)
+    # a budget between the bf16 estimates of 2- and 4-frame chunks: bf16 gets 2 frames, float32 not even 1
+    z = torch.randn(1, model.latent_channels, 16, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        budget = (estimate_call_bytes(model, "decode", z.shape, z.dtype, 2)
+                  + estimate_call_bytes(model, "decode", z.shape, z.dtype, 4)) / 2
+        assert choose_chunk_size(model, "decode", z.shape, z.dtype, budget / GB) == 2
+    assert estimate_call_bytes(model, "decode", z.shape, z.dtype, 1) > budget
+    with pytest.raises(MemoryBudgetError):
+        choose_chunk_size(model, "decode", z.shape, z.dtype, budget / GB)
+
+
+def test_chunked_encode_peak_does_not_grow_with_the_clip():
+    """Each chunk is made channels-last on its own: converting the whole (B, C, T, H, W) clip first copied it
+    all, so the chunked encode's peak grew by one input frame per frame."""
+    torch.manual_seed(0)
+    model = build_model(ROOT / "examples" / "configs" / "wfvae_tiny.json").eval().requires_grad_(False)
+    peaks = []
+    for frames in (9, 33):
+        video = torch.rand(1, 3, frames, 32, 32) * 2 - 1
+        with torch.inference_mode():
+            _, peak = _tracked_call(model, "encode", video, 4)
+        peaks.append(peak)
+        assert peak <= estimate_call_bytes(model, "encode", video.shape, video.dtype, 4), (frames, peak)
+    assert peaks[1] == peaks[0], peaks

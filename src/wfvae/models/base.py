@@ -357,9 +357,8 @@ class VideoAutoencoder(nn.Module):
     def _encode_untiled(self, video: torch.Tensor, chunk_size: int | str | None, budget: float | None) -> torch.Tensor:
         if chunk_size == "auto":
             chunk_size = choose_chunk_size(self, "encode", video.shape, video.dtype, budget)
-        video = to_channels_last(video)
         if chunk_size is None:
-            return self._encode_chunk(video, None)[0].contiguous()
+            return self._encode_chunk(to_channels_last(video), None)[0].contiguous()
         # first chunk carries the extra leading frame: [0, 1 + n), [1 + n, 1 + 2n), ...
         bounds = [0] + list(range(1 + chunk_size, video.shape[2], chunk_size)) + [video.shape[2]]
         frames = 1 + (video.shape[2] - 1) // self.temporal_compression_ratio
@@ -384,9 +383,8 @@ class VideoAutoencoder(nn.Module):
     def _decode_untiled(self, latents: torch.Tensor, chunk_size: int | str | None, budget: float | None) -> torch.Tensor:
         if chunk_size == "auto":
             chunk_size = choose_chunk_size(self, "decode", latents.shape, latents.dtype, budget)
-        latents = to_channels_last(latents)
         if chunk_size is None:
-            return self._decode_chunk(latents, None)[0].contiguous()
+            return self._decode_chunk(to_channels_last(latents), None)[0].contiguous()
         bounds = list(range(0, latents.shape[2], chunk_size)) + [latents.shape[2]]
         frames = 1 + (latents.shape[2] - 1) * self.temporal_compression_ratio
         return self._run_chunks(lambda z, s: self._decode_chunk(z, s)[0], latents, bounds, frames)
@@ -434,7 +432,9 @@ class VideoAutoencoder(nn.Module):
     def _run_chunks(fn, x: torch.Tensor, bounds: list[int], frames: int) -> torch.Tensor:
         """Run ``fn`` chunk by chunk into one contiguous output of ``frames`` frames.
 
-        Extra passes first resolve clip-level layers (see StreamState). Each chunk's frames are copied
+        Extra passes first resolve clip-level layers (see StreamState). Each chunk is made channels-last on
+        its own (a copy of one chunk where ``x`` is not; converting all of ``x`` first would copy the whole
+        clip and make the peak grow with its length). Each chunk's frames are copied
         into the output as they come (no list of pieces and no final concatenation, which would hold the
         output twice), and on CPU the memory the chunk freed goes back to the operating system before the
         next one (:func:`~wfvae.utils.memory.release_freed_memory`), so the peak is one chunk's working
@@ -448,7 +448,7 @@ class VideoAutoencoder(nn.Module):
             for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
                 stream.final = i == len(bounds) - 2
                 try:
-                    piece = fn(x[:, :, start:stop], stream)
+                    piece = fn(to_channels_last(x[:, :, start:stop]), stream)
                 except StopChunk:
                     continue
                 if out is None:

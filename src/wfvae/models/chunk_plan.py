@@ -11,12 +11,15 @@ while a dispatch mode adds up the bytes of every tensor storage the call creates
 the storage is freed. The peak of that sum is the call's working set for that chunk size: activations, the
 causal caches, the output so far. It follows the model's real code path (the same layers, the same
 lifetimes), so it holds for WF-VAE and CausalVAE alike and needs no per-model table. The output of the
-whole clip is added on top. What it does not count: the model's weights and input (already allocated
-before the call), convolution libraries' scratch space and weight reorders (our Winograd kernel's buffers
-are counted: the twin runs it on every eligible layer when the model's kernel mode is "auto" or
-"winograd"), the stacked input of the small CPU convolutions that ``conv.conv3d_onednn`` hands to oneDNN
-(meta tensors take the plain path; the stack is 2x that convolution's input, in place of PyTorch's 27x
-column buffer, also uncounted), and memory the C allocator keeps after a free. Measured against the process's malloc peak and resident growth in
+whole clip is added on top. The twin of a CPU model also stacks the input of the small float32
+convolutions that ``conv.conv3d_onednn`` hands to oneDNN, as the CPU does; our Winograd kernel's work
+buffers are counted when the model's kernel mode is "auto" or "winograd" (the twin runs Winograd on every
+eligible layer: an upper bound for "auto"). Inside ``torch.autocast`` (``--dtype bf16``) the twin runs in the
+autocast dtype, with autocast's per-call casts added (:func:`estimate_call_bytes`). What it does not count:
+the model's weights and input (already allocated before the call), convolution libraries' scratch space and
+weight reorders, the extra outputs held while ``set_conv_kernels("auto")`` times a new shape for the first
+time on a machine (measured: up to 10% of a WF-VAE-L encode's working set, once per shape), and memory the
+C allocator keeps after a free. Measured against the process's malloc peak and resident growth in
 ``benchmarks/RESULTS.md`` ("Chunked inference memory").
 
 Chunking is exact, so the choice changes memory and the number of calls, never the result.
@@ -31,40 +34,67 @@ import weakref
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from wfvae.errors import ConfigError
 
 __all__ = ["MemoryBudgetError", "check_budget", "choose_chunk_size", "estimate_call_bytes", "smallest_chunk"]
 
 GB = 1e9
+_CAUSAL_PAD = 2  # frames a causal 3-tap convolution puts before its input
 
 
 class MemoryBudgetError(ConfigError):
     """``max_memory_gb`` is below what the smallest chunk needs (a ValueError; commands exit 2 with it)."""
 
 
-class _StorageBytes(TorchDispatchMode):
-    """Live bytes of the tensor storages created under this mode (and their peak)."""
+# the ops autocast runs in its lower precision (bf16/fp16), casting their float32 arguments for the call
+_AUTOCAST_CASTING_OPS = frozenset(f"aten::{name}" for name in (
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "convolution",
+    "_convolution", "linear", "matmul", "mm", "bmm", "baddbmm", "addmm", "addbmm"))
 
-    def __init__(self) -> None:
+
+class _StorageBytes(TorchDispatchMode):
+    """Live bytes of the tensor storages created under this mode (and their peak).
+
+    ``autocast_cast``: tensors (the twin's weights and buffers, already in the autocast dtype) that autocast
+    would cast from float32 at every call of a lower-precision op; while such an op runs, a copy of each is
+    counted as live, as autocast's per-call cast is on the real model.
+    """
+
+    def __init__(self, autocast_cast: tuple[torch.Tensor, ...] = ()) -> None:
         super().__init__()
         self.live = self.peak = 0
         self._tracked: set[int] = set()
+        self._cast_ids = {id(t) for t in autocast_cast}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        cast = 0
+        if self._cast_ids and func._schema.name in _AUTOCAST_CASTING_OPS:
+            cast = sum(a.untyped_storage().nbytes() for a in args
+                       if isinstance(a, torch.Tensor) and id(a) in self._cast_ids)
+            self.live += cast
+            self.peak = max(self.peak, self.live)
         out = func(*args, **(kwargs or {}))
-        if any(r.alias_info is not None for r in func._schema.returns):
-            return out  # a view or an in-place/out= result: memory that already exists (counted if created here)
+        self._count(func, args, kwargs, out)  # the output is allocated while the casts live
+        self.live -= cast
+        return out
+
+    def _count(self, func, args, kwargs, out) -> None:
+        # an op that may return an alias (a view, an in-place or out= result, ``to``) adds memory only where its
+        # result is not stored in one of its inputs' storages: ``to(dtype)`` copies, a view does not
+        aliasing = any(r.alias_info is not None for r in func._schema.returns)
+        inputs = {id(a.untyped_storage()) for a in tree_leaves((args, kwargs))
+                  if isinstance(a, torch.Tensor)} if aliasing else set()
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
                 key = id(storage)  # storages keep one Python object while they live
-                if key not in self._tracked:
+                if key not in self._tracked and key not in inputs:
                     self._tracked.add(key)
                     self.live += storage.nbytes()
                     self.peak = max(self.peak, self.live)
                     weakref.finalize(storage, self._freed, key, storage.nbytes())
-        return out
 
     def _freed(self, key: int, nbytes: int) -> None:
         self._tracked.discard(key)
@@ -72,15 +102,31 @@ class _StorageBytes(TorchDispatchMode):
 
 
 @functools.lru_cache(maxsize=8)
-def _meta_twin(cls: type, config_json: str, dtype: torch.dtype, kernels: str) -> torch.nn.Module:
+def _meta_twin(cls: type, config_json: str, dtype: torch.dtype, kernels: str, host: str) -> torch.nn.Module:
     with torch.device("meta"):
-        return cls.from_config(json.loads(config_json)).to(dtype).eval().set_conv_kernels(kernels)
+        twin = cls.from_config(json.loads(config_json)).to(dtype).eval().set_conv_kernels(kernels)
+    if host == "cpu":  # small float32 convolutions then stack their input for oneDNN as on the CPU (counted)
+        for module in twin.modules():
+            if isinstance(module, torch.nn.Conv3d):
+                module.meta_follows_cpu = True
+    return twin
 
 
-def _twin(model) -> torch.nn.Module:
-    """The model's architecture on the meta device, in its parameters' dtype and kernels (cached per config)."""
-    dtype = next(model.parameters()).dtype
-    return _meta_twin(type(model), json.dumps(model.config, sort_keys=True), dtype, _kernels(model))
+def _twin(model, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """The model's architecture on the meta device (cached per config), in ``dtype`` (default: its parameters')
+    and its kernels; in an autocast dtype, always with direct kernels (Winograd does not run under autocast)."""
+    kernels = _kernels(model) if dtype is None else "direct"
+    param = next(model.parameters())
+    return _meta_twin(type(model), json.dumps(model.config, sort_keys=True), dtype or param.dtype, kernels,
+                      param.device.type)
+
+
+def _autocast_dtype(model) -> torch.dtype | None:
+    """The dtype an enclosing ``torch.autocast`` region runs the model's convolutions in, or None outside one."""
+    device_type = next(model.parameters()).device.type
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
 
 
 def check_budget(max_memory_gb) -> None:
@@ -111,7 +157,8 @@ def _kernels(model) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _estimate(twin, kind: str, shape: tuple[int, ...], dtype: torch.dtype, chunk: int | None) -> int:
+def _estimate(twin, kind: str, shape: tuple[int, ...], dtype: torch.dtype, chunk: int | None,
+              autocast: bool = False) -> int:
     b, c, t, h, w = shape
     if chunk is None:
         sim_t = t
@@ -120,7 +167,7 @@ def _estimate(twin, kind: str, shape: tuple[int, ...], dtype: torch.dtype, chunk
     else:
         sim_t = min(t, 3 * chunk)
     x = torch.empty((b, c, sim_t, h, w), dtype=dtype, device="meta")
-    tracker = _StorageBytes()
+    tracker = _StorageBytes(tuple(twin.parameters()) + tuple(twin.buffers()) if autocast else ())
     with torch.inference_mode(), tracker:
         if kind == "encode":
             out = twin.encode(x, chunk_size=chunk).moments
@@ -135,13 +182,27 @@ def _estimate(twin, kind: str, shape: tuple[int, ...], dtype: torch.dtype, chunk
 def estimate_call_bytes(model, kind: str, shape, dtype: torch.dtype, chunk: int | None) -> int:
     """Bytes of tensors a ``model.encode`` / ``model.decode`` call holds at its peak (see module doc).
 
+    Inside a ``torch.autocast`` region on the model's device (``--dtype bf16``) the call runs in the autocast
+    dtype, so the twin does too (in that dtype, with direct kernels). Autocast differs from a model stored in
+    that dtype in two ways, both counted: each convolution casts its float32 weight (and the wavelets their
+    filters) for the call, and the first convolution pads its input causally before autocast casts it, so that
+    padded chunk also exists in the input's ``dtype``.
+
     Args:
         kind: "encode" (``shape`` is the video's) or "decode" (``shape`` is the latents').
+        dtype: the input's dtype.
         chunk: the chunk size, or None for the full pass.
     """
     if kind not in ("encode", "decode"):
         raise ValueError(f"kind must be 'encode' or 'decode', got {kind!r}")
-    return _estimate(_twin(model), kind, tuple(int(s) for s in shape), dtype, chunk)
+    shape = tuple(int(s) for s in shape)
+    low = _autocast_dtype(model)
+    if low is None or low == dtype:
+        return _estimate(_twin(model), kind, shape, dtype, chunk)
+    b, c, t, h, w = shape
+    first = t if chunk is None else min(t, chunk + (kind == "encode"))  # the longest chunk: the first
+    padded_input = b * c * (first + _CAUSAL_PAD) * h * w * dtype.itemsize
+    return _estimate(_twin(model, low), kind, shape, low, chunk, autocast=True) + padded_input
 
 
 def _candidates(model, kind: str, frames: int) -> list[int]:
