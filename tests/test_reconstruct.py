@@ -101,6 +101,18 @@ def test_memory_budget_runs_direct_kernels(tiny_model_dir, tmp_path, monkeypatch
         assert (out / "one.mp4").is_file()
 
 
+def test_memory_budget_with_bf16(tiny_model_dir, tmp_path):
+    """--dtype bf16 --max_memory_gb: the decoder gets the encoder's bf16 latents and chooses its chunks for them
+    (this raised a dtype error in the estimate before)."""
+    video = tmp_path / "one.mp4"
+    write_video(video, make_synthetic_video(9, 32, 32, seed=6), fps=24)
+    out = tmp_path / "out"
+    assert reconstruct_main(["--real_video_dir", str(video), "--ckpt", str(tiny_model_dir), "--num_frames", "9",
+                             "--resolution", "32", "--device", "cpu", "--dtype", "bf16", "--max_memory_gb", "0.5",
+                             "--generated_video_dir", str(out)]) == 0
+    assert (out / "one.mp4").is_file()
+
+
 def test_gen_video_then_eval_scripts(tiny_model_dir, clips, tmp_path):
     env = {**os.environ, "EXP_NAME": "t", "NUM_FRAMES": "9", "RESOLUTION": "32", "CKPT": str(tiny_model_dir),
            "DATASET_DIR": str(clips), "FORMAT": "mkv", "NPROC": "1", "PYTHON": sys.executable,

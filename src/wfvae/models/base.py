@@ -433,8 +433,8 @@ class VideoAutoencoder(nn.Module):
         """Run ``fn`` chunk by chunk into one contiguous output of ``frames`` frames.
 
         Extra passes first resolve clip-level layers (see StreamState). Each chunk is made channels-last on
-        its own (a copy of one chunk where ``x`` is not; converting all of ``x`` first would copy the whole
-        clip and make the peak grow with its length). Each chunk's frames are copied
+        its own (at most a copy of one chunk; converting all of ``x`` first copied the whole clip, so the peak
+        grew with its length). Each chunk's frames are copied
         into the output as they come (no list of pieces and no final concatenation, which would hold the
         output twice), and on CPU the memory the chunk freed goes back to the operating system before the
         next one (:func:`~wfvae.utils.memory.release_freed_memory`), so the peak is one chunk's working

@@ -14,8 +14,8 @@ lifetimes), so it holds for WF-VAE and CausalVAE alike and needs no per-model ta
 whole clip is added on top. The twin of a CPU model also stacks the input of the small float32
 convolutions that ``conv.conv3d_onednn`` hands to oneDNN, as the CPU does; our Winograd kernel's work
 buffers are counted when the model's kernel mode is "auto" or "winograd" (the twin runs Winograd on every
-eligible layer: an upper bound for "auto"). Inside ``torch.autocast`` (``--dtype bf16``) the twin runs in the
-autocast dtype, with autocast's per-call casts added (:func:`estimate_call_bytes`). What it does not count:
+eligible layer: an upper bound for "auto"). Inside ``torch.autocast`` (``--dtype bf16``) on CPU the twin of a
+LayerNorm model runs in bf16, with autocast's per-call casts added (:func:`estimate_call_bytes`). What it does not count:
 the model's weights and input (already allocated before the call), convolution libraries' scratch space and
 weight reorders, the extra outputs held while ``set_conv_kernels("auto")`` times a new shape for the first
 time on a machine (measured: up to 10% of a WF-VAE-L encode's working set, once per shape), and memory the
@@ -122,11 +122,30 @@ def _twin(model, dtype: torch.dtype | None = None) -> torch.nn.Module:
 
 
 def _autocast_dtype(model) -> torch.dtype | None:
-    """The dtype an enclosing ``torch.autocast`` region runs the model's convolutions in, or None outside one."""
-    device_type = next(model.parameters()).device.type
-    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+    """The lower precision an enclosing ``torch.autocast`` region runs a float32 model's convolutions in, or None
+    (no autocast on the model's device, or parameters autocast leaves alone, such as float64)."""
+    param = next(model.parameters())
+    device_type = param.device.type
+    if param.dtype != torch.float32 or device_type not in ("cpu", "cuda") \
+            or not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type)
+
+
+def _low_precision_twin_holds(model, low: torch.dtype) -> bool:
+    """Whether a twin stored in ``low`` reproduces the autocast call (measured, ``tests/test_chunk_budget.py``):
+    on CPU in bf16 with LayerNorm models, whose norms keep bf16 there. Not on CUDA, whose autocast runs the
+    norms in float32, nor with ``ClipGroupNorm`` (CausalVAE), whose output autocast promotes to float32."""
+    return (next(model.parameters()).device.type == "cpu" and low == torch.bfloat16
+            and not any(isinstance(m, torch.nn.GroupNorm) for m in model.modules()))
+
+
+def _autocast_weight_cache(model, low: torch.dtype) -> int:
+    """Bytes of autocast's cache of cast weights: outside inference mode autocast keeps the low-precision copy
+    of every float32 leaf parameter that requires grad for the whole region (``torch.no_grad`` does not stop it)."""
+    if torch.is_inference_mode_enabled() or not torch.is_autocast_cache_enabled():
+        return 0
+    return sum(p.numel() for p in model.parameters() if p.requires_grad and p.dtype == torch.float32) * low.itemsize
 
 
 def check_budget(max_memory_gb) -> None:
@@ -156,9 +175,15 @@ def _kernels(model) -> str:
     return "direct" if modes <= {"direct"} else "winograd"
 
 
-@functools.lru_cache(maxsize=256)
 def _estimate(twin, kind: str, shape: tuple[int, ...], dtype: torch.dtype, chunk: int | None,
               autocast: bool = False) -> int:
+    # the CPU rule of conv3d_onednn reads these two switches: part of the cached estimate's key
+    return _estimate_cached(twin, kind, shape, dtype, chunk, autocast, torch.backends.mkldnn.enabled)
+
+
+@functools.lru_cache(maxsize=256)
+def _estimate_cached(twin, kind: str, shape: tuple[int, ...], dtype: torch.dtype, chunk: int | None,
+                     autocast: bool, onednn: bool) -> int:
     b, c, t, h, w = shape
     if chunk is None:
         sim_t = t
@@ -168,7 +193,8 @@ def _estimate(twin, kind: str, shape: tuple[int, ...], dtype: torch.dtype, chunk
         sim_t = min(t, 3 * chunk)
     x = torch.empty((b, c, sim_t, h, w), dtype=dtype, device="meta")
     tracker = _StorageBytes(tuple(twin.parameters()) + tuple(twin.buffers()) if autocast else ())
-    with torch.inference_mode(), tracker:
+    # the twin runs outside any autocast region of the caller: its dtype already says what autocast would do
+    with torch.inference_mode(), torch.autocast("cpu", enabled=False), tracker:
         if kind == "encode":
             out = twin.encode(x, chunk_size=chunk).moments
         else:
@@ -183,26 +209,33 @@ def estimate_call_bytes(model, kind: str, shape, dtype: torch.dtype, chunk: int 
     """Bytes of tensors a ``model.encode`` / ``model.decode`` call holds at its peak (see module doc).
 
     Inside a ``torch.autocast`` region on the model's device (``--dtype bf16``) the call runs in the autocast
-    dtype, so the twin does too (in that dtype, with direct kernels). Autocast differs from a model stored in
-    that dtype in two ways, both counted: each convolution casts its float32 weight (and the wavelets their
-    filters) for the call, and the first convolution pads its input causally before autocast casts it, so that
-    padded chunk also exists in the input's ``dtype``.
+    dtype. On CPU in bf16, for models whose norms keep that dtype (WF-VAE's LayerNorm), the twin runs in it too,
+    with direct kernels, and what autocast adds over a model stored in bf16 is counted: each convolution's
+    per-call cast of its float32 weight (and the wavelets' of their filters), and the first convolution's
+    causally padded input, which exists in the input's ``dtype`` before autocast casts it. Elsewhere (CUDA,
+    whose autocast runs norms in float32; CausalVAE's group norms) the float32 estimate stands, an upper bound
+    of the autocast call. Outside inference mode, autocast's cache of cast weights comes on top.
 
     Args:
         kind: "encode" (``shape`` is the video's) or "decode" (``shape`` is the latents').
-        dtype: the input's dtype.
+        dtype: the input's dtype (under autocast, float32 or the autocast dtype).
         chunk: the chunk size, or None for the full pass.
     """
     if kind not in ("encode", "decode"):
         raise ValueError(f"kind must be 'encode' or 'decode', got {kind!r}")
     shape = tuple(int(s) for s in shape)
     low = _autocast_dtype(model)
-    if low is None or low == dtype:
+    if low is None:
         return _estimate(_twin(model), kind, shape, dtype, chunk)
-    b, c, t, h, w = shape
-    first = t if chunk is None else min(t, chunk + (kind == "encode"))  # the longest chunk: the first
-    padded_input = b * c * (first + _CAUSAL_PAD) * h * w * dtype.itemsize
-    return _estimate(_twin(model, low), kind, shape, low, chunk, autocast=True) + padded_input
+    cache = _autocast_weight_cache(model, low)
+    if not _low_precision_twin_holds(model, low):
+        return _estimate(_twin(model, torch.float32), kind, shape, torch.float32, chunk) + cache
+    padded_input = 0
+    if dtype != low:
+        b, c, t, h, w = shape
+        first = t if chunk is None else min(t, chunk + (kind == "encode"))  # the longest chunk: the first
+        padded_input = b * c * (first + _CAUSAL_PAD) * h * w * dtype.itemsize
+    return _estimate(_twin(model, low), kind, shape, low, chunk, autocast=True) + padded_input + cache
 
 
 def _candidates(model, kind: str, frames: int) -> list[int]:
