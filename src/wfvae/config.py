@@ -38,6 +38,7 @@ from wfvae.options import (
     option,
     parse_config,
 )
+from wfvae.runtime import fsdp2_supported
 from wfvae.training.metrics_logger import import_tensorboard_writer, parse_report_to
 
 __all__ = ["DISC_CLASS_ALIASES", "TrainConfig", "build_train_parser", "parse_train_config"]
@@ -251,6 +252,11 @@ class TrainConfig(DeviceOptions, OfflineOptions, ResizeOptions):
             errors.append(f"--ema_decay must be in [0, 1), got {self.ema_decay}.")
         if not self.clip_grad_norm > 0:
             errors.append(f"--clip_grad_norm must be > 0, got {self.clip_grad_norm}.")
+        if self.fsdp and not fsdp2_supported():
+            import torch
+
+            errors.append(f"--fsdp needs FSDP2's fully_shard with ignored_params (PyTorch >= 2.7); this is torch "
+                          f"{torch.__version__}. Upgrade torch, or train without --fsdp (DDP).")
         if self.fsdp and self.mix_precision == "fp16":
             # torch's GradScaler cannot unscale a mix of sharded (DTensor) and replicated gradients, and each
             # rank would only see the infs of its own shard.

@@ -14,6 +14,7 @@ can be checked without the hardware they are about.
 from __future__ import annotations
 
 import ctypes
+import inspect
 import logging
 import os
 
@@ -23,7 +24,20 @@ from wfvae.utils.memory import libc_function
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["available_cpus", "configure_backends", "decoder_threads", "free_memory_promptly", "resolve_precision"]
+__all__ = ["available_cpus", "configure_backends", "decoder_threads", "free_memory_promptly", "fsdp2_supported",
+           "resolve_precision"]
+
+
+def fsdp2_supported() -> bool:
+    """Whether this PyTorch has what ``--fsdp`` uses: FSDP2's public ``fully_shard`` with ``ignored_params``
+    (which keeps the decoder's last layer replicated); PyTorch 2.7 and later. Asked of the function itself, so
+    pre-release and vendor builds count by what they contain, not by their version string."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        return False
+    return "ignored_params" in inspect.signature(fully_shard).parameters
+
 
 # FFmpeg's own ceiling for automatically chosen decoder threads
 MAX_DECODER_THREADS = 16
