@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -62,6 +64,29 @@ def test_items_shape_range_and_rotation(messy_dir, tmp_path):
         video = item["video"]
         assert video.dtype == torch.float32 and video.shape == (3, MESSY_NUM_FRAMES, 16, 12)
         assert -1.0 <= video.min() < video.max() <= 1.0
+
+
+def test_threaded_decoding_survives_pyav_python_logging(messy_dir, tmp_path):
+    """Older torchvision releases turn PyAV's Python log callback on when imported (0.22 does); FFmpeg's decoder
+    threads then wait for the GIL that closing a stream holds, a deadlock the suite hit under torch 2.7.1.
+    Reading switches the callback off, with one warning. Run in a subprocess with a time limit, so that a
+    deadlock fails this test instead of hanging the suite."""
+    script = f"""
+import logging, av.logging
+from wfvae.data.datasets import VideoFolderDataset
+logging.basicConfig(level=logging.WARNING)
+av.logging.set_level(av.logging.ERROR)  # what importing torchvision 0.22 does
+ds = VideoFolderDataset({str(messy_dir)!r}, {MESSY_NUM_FRAMES}, sample_rate={MESSY_SAMPLE_RATE}, resolution=16,
+                        train=False, crop_size=(16, 12), cache_dir={str(tmp_path / "cache")!r})
+for _ in range(3):
+    for i in range(len(ds)):
+        ds[i]
+print("level", av.logging.get_level())
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "level None" in proc.stdout
+    assert proc.stderr.count("PyAV's Python logging was on") == 1, proc.stderr[-2000:]
 
 
 def test_eval_clip_is_first_frames_center_crop(video_dir, tmp_path):

@@ -24,6 +24,7 @@ import math
 import os
 from typing import Sequence
 
+import av.logging
 import numpy as np
 from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -35,6 +36,27 @@ from wfvae.formats import is_image_path
 logger = logging.getLogger(__name__)
 
 __all__ = ["read_video"]
+
+_logging_switched_off = False
+
+
+def _no_python_log_callback() -> None:
+    """Switch off PyAV's Python log callback before threaded decoding, where it can deadlock.
+
+    With a log level set, FFmpeg's decoder threads hand each message to Python and wait for the GIL, while
+    closing the stream waits, GIL held, for those threads (PyAV issues 751 and 909; PyAV leaves the callback
+    off by default since version 13). Older torchvision releases turn it on when imported (0.22:
+    ``av.logging.set_level(ERROR)``); the test suite deadlocked that way under torch 2.7.1. Warns once.
+    """
+    global _logging_switched_off
+    if av.logging.get_level() is None:
+        return
+    av.logging.set_level(None)
+    if not _logging_switched_off:
+        _logging_switched_off = True
+        logger.warning("PyAV's Python logging was on (older torchvision releases turn it on when imported); it can "
+                       "deadlock threaded video decoding, so wfvae switched it off (av.logging.set_level(None))")
+
 
 # A timestamp is "on the grid" when it is within this fraction of a frame of k * pts_step.
 _GRID_TOLERANCE = 0.25
@@ -124,6 +146,7 @@ def read_video(
     if (info is not None and info.is_image) or is_image_path(path):
         return _read_image(path, start, num_frames, short_side, apply_rotation)
 
+    _no_python_log_callback()
     container, stream = open_video(path)
     try:
         stream.thread_type = "AUTO"
