@@ -109,7 +109,7 @@ def test_cuda_options_parse_validate_and_reach_the_backends(data, tmp_path, monk
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not fsdp2_supported(), reason="FSDP2 with ignored_params needs torch >= 2.7")
+@pytest.mark.skipif(not fsdp2_supported(), reason="--fsdp is verified with torch >= 2.14")
 def test_fsdp_bf16_parameters_two_gloo_processes(data, tmp_path):
     args = base_args(data, tmp_path, device="cpu", fsdp=True, fsdp_param_dtype="bf16", mix_precision="bf16",
                      disc_start=0, max_steps=2, save_ckpt_step=2, eval_batch_size=1, lr=1e-3)

@@ -127,7 +127,7 @@ def test_streaming_state_is_not_recomputed():
 
 
 @pytest.mark.parametrize("fsdp", [False, pytest.param(True, marks=pytest.mark.skipif(
-    not fsdp2_supported(), reason="FSDP2 with ignored_params needs torch >= 2.7"))])
+    not fsdp2_supported(), reason="--fsdp is verified with torch >= 2.14"))])
 def test_trainer_keeps_conv_weights_channels_last_except_under_fsdp(tmp_path, fsdp):
     """``wfvae train`` stores conv weights in the activations' layout (no per-call weight copy); the
     gradients and the layout of each gradient follow, and equal the default layout's in float64."""

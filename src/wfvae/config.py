@@ -38,7 +38,7 @@ from wfvae.options import (
     option,
     parse_config,
 )
-from wfvae.runtime import fsdp2_supported
+from wfvae.runtime import FSDP_MIN_TORCH, fsdp2_supported
 from wfvae.training.metrics_logger import import_tensorboard_writer, parse_report_to
 
 __all__ = ["DISC_CLASS_ALIASES", "TrainConfig", "build_train_parser", "parse_train_config"]
@@ -255,7 +255,8 @@ class TrainConfig(DeviceOptions, OfflineOptions, ResizeOptions):
         if self.fsdp and not fsdp2_supported():
             import torch
 
-            errors.append(f"--fsdp needs FSDP2's fully_shard with ignored_params (PyTorch >= 2.7); this is torch "
+            errors.append(f"--fsdp is verified with PyTorch >= {'.'.join(map(str, FSDP_MIN_TORCH))} (older releases "
+                          f"failed its 2-process test in torch's FSDP2 and state-dict code); this is torch "
                           f"{torch.__version__}. Upgrade torch, or train without --fsdp (DDP).")
         if self.fsdp and self.mix_precision == "fp16":
             # torch's GradScaler cannot unscale a mix of sharded (DTensor) and replicated gradients, and each

@@ -14,9 +14,9 @@ can be checked without the hardware they are about.
 from __future__ import annotations
 
 import ctypes
-import inspect
 import logging
 import os
+import re
 
 import torch
 
@@ -24,19 +24,21 @@ from wfvae.utils.memory import libc_function
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["available_cpus", "configure_backends", "decoder_threads", "free_memory_promptly", "fsdp2_supported",
-           "resolve_precision"]
+__all__ = ["FSDP_MIN_TORCH", "available_cpus", "configure_backends", "decoder_threads", "free_memory_promptly",
+           "fsdp2_supported", "resolve_precision"]
+
+
+#: the oldest PyTorch ``--fsdp`` is verified with (``tests/test_train_fsdp.py``'s 2-process run). Session 9 ran
+#: it on 2.7.1 (saving the optimizer state: KeyError in ``get_optimizer_state_dict`` with ``ignored_params``)
+#: and 2.9.1 (RuntimeError: tensor data not allocated) and both failed; 2.14.1 passes.
+FSDP_MIN_TORCH = (2, 14)
 
 
 def fsdp2_supported() -> bool:
-    """Whether this PyTorch has what ``--fsdp`` uses: FSDP2's public ``fully_shard`` with ``ignored_params``
-    (which keeps the decoder's last layer replicated); PyTorch 2.7 and later. Asked of the function itself, so
-    pre-release and vendor builds count by what they contain, not by their version string."""
-    try:
-        from torch.distributed.fsdp import fully_shard
-    except ImportError:
-        return False
-    return "ignored_params" in inspect.signature(fully_shard).parameters
+    """Whether this PyTorch is one ``--fsdp`` is verified with (:data:`FSDP_MIN_TORCH` or newer). Pre-release
+    and vendor builds count by their release number (``2.14.0a0+...`` is 2.14)."""
+    match = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    return match is not None and (int(match[1]), int(match[2])) >= FSDP_MIN_TORCH
 
 
 # FFmpeg's own ceiling for automatically chosen decoder threads
