@@ -91,7 +91,7 @@ class TrainConfig(DeviceOptions, OfflineOptions, ResizeOptions):
         False, "Shard the generator's parameters, gradients and optimizer state over the ranks with FSDP2 "
         "instead of replicating them with DDP (for models or resolutions where DDP runs out of memory). "
         "Checkpoints keep the same single-file layout, so a run can switch between DDP and FSDP on resume. "
-        "Not with --mix_precision fp16.")
+        "Not with --mix_precision fp16; needs PyTorch >= 2.14.")
     gradient_checkpointing: bool = option(
         False, "Recompute each ResNet, attention and up/down-sampling block of the generator in the backward pass "
         "instead of keeping its activations (less memory, about one extra forward pass of time; gradients are "
@@ -255,9 +255,9 @@ class TrainConfig(DeviceOptions, OfflineOptions, ResizeOptions):
         if self.fsdp and not fsdp2_supported():
             import torch
 
-            errors.append(f"--fsdp is verified with PyTorch >= {'.'.join(map(str, FSDP_MIN_TORCH))} (older releases "
-                          f"failed its 2-process test in torch's FSDP2 and state-dict code); this is torch "
-                          f"{torch.__version__}. Upgrade torch, or train without --fsdp (DDP).")
+            errors.append(f"--fsdp is verified with PyTorch >= {'.'.join(map(str, FSDP_MIN_TORCH))} (2.7.1 and 2.9.1 "
+                          f"failed its 2-process test in torch's FSDP2 and state-dict code; 2.10-2.13 untested); this "
+                          f"is torch {torch.__version__}. Upgrade torch, or train without --fsdp (DDP).")
         if self.fsdp and self.mix_precision == "fp16":
             # torch's GradScaler cannot unscale a mix of sharded (DTensor) and replicated gradients, and each
             # rank would only see the infs of its own shard.

@@ -51,7 +51,7 @@ from wfvae.data.index import build_index, discover_videos, gc_paused, source_roo
 from wfvae.data.manifest import is_manifest
 from wfvae.data.transforms import RESIZE_MODES, ResizeMode, clip_indices, crop_offsets, resize_crop, to_model_tensor
 from wfvae.data.video_probe import VideoInfo
-from wfvae.data.video_read import read_video
+from wfvae.data.video_read import python_log_callback_off, read_video
 from wfvae.errors import VideoDecodeError
 from wfvae.formats import MEDIA_EXTENSIONS, VIDEO_EXTENSIONS
 
@@ -272,8 +272,11 @@ class VideoFolderDataset(Dataset):
 
         DataLoader workers copy the dataset when an iterator is created, so call this before
         ``iter(loader)``, and do not use ``persistent_workers=True`` with more than one epoch.
+        Also switches PyAV's Python log callback off here, in the parent, so the workers start without it
+        (:func:`~wfvae.data.video_read.python_log_callback_off`).
         """
         self.epoch = int(epoch)
+        python_log_callback_off()
 
     def generator_for(self, index: int) -> torch.Generator:
         """The generator that decides clip start and crop of ``index`` in the current epoch."""

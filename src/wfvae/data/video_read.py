@@ -28,6 +28,7 @@ import av.logging
 import numpy as np
 from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import get_worker_info
 
 from wfvae.data.video_probe import DECODE_ERRORS, VideoInfo, normalise_rotation, open_video, short_error
 from wfvae.errors import VideoDecodeError
@@ -35,18 +36,21 @@ from wfvae.formats import is_image_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_video"]
+__all__ = ["python_log_callback_off", "read_video"]
 
 _logging_switched_off = False
 
 
-def _no_python_log_callback() -> None:
-    """Switch off PyAV's Python log callback before threaded decoding, where it can deadlock.
+def python_log_callback_off() -> None:
+    """Switch off PyAV's Python log callback, which can deadlock threaded decoding (called before each read).
 
     With a log level set, FFmpeg's decoder threads hand each message to Python and wait for the GIL, while
     closing the stream waits, GIL held, for those threads (PyAV issues 751 and 909; PyAV leaves the callback
-    off by default since version 13). Older torchvision releases turn it on when imported (0.22:
-    ``av.logging.set_level(ERROR)``); the test suite deadlocked that way under torch 2.7.1. Warns once.
+    off by default since 12.1). Older torchvision releases turn it on when imported (0.22 and 0.24 do:
+    ``av.logging.set_level(ERROR)``); the test suite deadlocked that way under torch 2.7.1. FFmpeg's own
+    messages then no longer reach Python logging (error reasons lose FFmpeg's last log line). Warns once per
+    process; in DataLoader worker processes (which the dataset's ``set_epoch`` normally spares, by switching
+    it off in the parent first) at debug level.
     """
     global _logging_switched_off
     if av.logging.get_level() is None:
@@ -54,8 +58,9 @@ def _no_python_log_callback() -> None:
     av.logging.set_level(None)
     if not _logging_switched_off:
         _logging_switched_off = True
-        logger.warning("PyAV's Python logging was on (older torchvision releases turn it on when imported); it can "
-                       "deadlock threaded video decoding, so wfvae switched it off (av.logging.set_level(None))")
+        level = logging.DEBUG if get_worker_info() is not None else logging.WARNING
+        logger.log(level, "PyAV's Python logging was on (older torchvision releases turn it on when imported); it "
+                          "can deadlock threaded video decoding, so wfvae switched it off (av.logging.set_level(None))")
 
 
 # A timestamp is "on the grid" when it is within this fraction of a frame of k * pts_step.
@@ -146,7 +151,7 @@ def read_video(
     if (info is not None and info.is_image) or is_image_path(path):
         return _read_image(path, start, num_frames, short_side, apply_rotation)
 
-    _no_python_log_callback()
+    python_log_callback_off()
     container, stream = open_video(path)
     try:
         stream.thread_type = "AUTO"

@@ -14,8 +14,9 @@ lifetimes), so it holds for WF-VAE and CausalVAE alike and needs no per-model ta
 whole clip is added on top. The twin of a CPU model also stacks the input of the small float32
 convolutions that ``conv.conv3d_onednn`` hands to oneDNN, as the CPU does; our Winograd kernel's work
 buffers are counted when the model's kernel mode is "auto" or "winograd" (the twin runs Winograd on every
-eligible layer: an upper bound for "auto"). Inside ``torch.autocast`` (``--dtype bf16``) on CPU the twin of a
-LayerNorm model runs in bf16, with autocast's per-call casts added (:func:`estimate_call_bytes`). What it does not count:
+eligible layer: an upper bound for "auto"). Inside ``torch.autocast`` (``--dtype bf16``) autocast's per-call
+casts are counted, and on CPU the twin of a model without group norms runs in bf16
+(:func:`estimate_call_bytes`). What it does not count:
 the model's weights and input (already allocated before the call), convolution libraries' scratch space and
 weight reorders, the extra outputs held while ``set_conv_kernels("auto")`` times a new shape for the first
 time on a machine (measured: up to 10% of a WF-VAE-L encode's working set, once per shape), and memory the
@@ -57,22 +58,36 @@ _AUTOCAST_CASTING_OPS = frozenset(f"aten::{name}" for name in (
 class _StorageBytes(TorchDispatchMode):
     """Live bytes of the tensor storages created under this mode (and their peak).
 
-    ``autocast_cast``: tensors (the twin's weights and buffers, already in the autocast dtype) that autocast
-    would cast from float32 at every call of a lower-precision op; while such an op runs, a copy of each is
-    counted as live, as autocast's per-call cast is on the real model.
+    Autocast's per-call casts, for a twin that runs without autocast: while an op autocast runs in lower
+    precision runs, a cast copy of each argument it would cast is counted as live, as on the real model.
+    ``autocast_cast``: tensors (the twin's weights and buffers, already in the autocast dtype) that autocast would
+    cast from float32. ``cast_float32_to``: for a float32 twin, every float32 argument of such an op, counted
+    at this dtype's size.
     """
 
-    def __init__(self, autocast_cast: tuple[torch.Tensor, ...] = ()) -> None:
+    def __init__(self, autocast_cast: tuple[torch.Tensor, ...] = (),
+                 cast_float32_to: torch.dtype | None = None) -> None:
         super().__init__()
         self.live = self.peak = 0
         self._tracked: set[int] = set()
         self._cast_ids = {id(t) for t in autocast_cast}
+        self._cast_to = cast_float32_to
+
+    def _cast_bytes(self, args) -> int:
+        total = 0
+        for a in args:
+            if not isinstance(a, torch.Tensor):
+                continue
+            if id(a) in self._cast_ids:
+                total += a.untyped_storage().nbytes()
+            elif self._cast_to is not None and a.dtype == torch.float32:
+                total += a.numel() * self._cast_to.itemsize
+        return total
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         cast = 0
-        if self._cast_ids and func._schema.name in _AUTOCAST_CASTING_OPS:
-            cast = sum(a.untyped_storage().nbytes() for a in args
-                       if isinstance(a, torch.Tensor) and id(a) in self._cast_ids)
+        if (self._cast_ids or self._cast_to is not None) and func._schema.name in _AUTOCAST_CASTING_OPS:
+            cast = self._cast_bytes(args)
             self.live += cast
             self.peak = max(self.peak, self.live)
         out = func(*args, **(kwargs or {}))
@@ -134,8 +149,8 @@ def _autocast_dtype(model) -> torch.dtype | None:
 
 def _low_precision_twin_holds(model, low: torch.dtype) -> bool:
     """Whether a twin stored in ``low`` reproduces the autocast call (measured, ``tests/test_chunk_budget.py``):
-    on CPU in bf16 with LayerNorm models, whose norms keep bf16 there. Not on CUDA, whose autocast runs the
-    norms in float32, nor with ``ClipGroupNorm`` (CausalVAE), whose output autocast promotes to float32."""
+    on CPU in bf16 without group norms (LayerNorm keeps bf16 there). Not on CUDA, whose autocast runs norms in
+    float32, nor with ``ClipGroupNorm``, whose affine step (bf16 times its float32 weight) promotes to float32."""
     return (next(model.parameters()).device.type == "cpu" and low == torch.bfloat16
             and not any(isinstance(m, torch.nn.GroupNorm) for m in model.modules()))
 
@@ -176,14 +191,15 @@ def _kernels(model) -> str:
 
 
 def _estimate(twin, kind: str, shape: tuple[int, ...], dtype: torch.dtype, chunk: int | None,
-              autocast: bool = False) -> int:
-    # the CPU rule of conv3d_onednn reads these two switches: part of the cached estimate's key
+              autocast: torch.dtype | None = None) -> int:
+    """The twin's peak; ``autocast``: the dtype of an autocast region to emulate (its per-call casts)."""
+    # the CPU rule of conv3d_onednn reads oneDNN's switch: part of the cached estimate's key
     return _estimate_cached(twin, kind, shape, dtype, chunk, autocast, torch.backends.mkldnn.enabled)
 
 
 @functools.lru_cache(maxsize=256)
 def _estimate_cached(twin, kind: str, shape: tuple[int, ...], dtype: torch.dtype, chunk: int | None,
-                     autocast: bool, onednn: bool) -> int:
+                     autocast: torch.dtype | None, onednn: bool) -> int:
     b, c, t, h, w = shape
     if chunk is None:
         sim_t = t
@@ -192,7 +208,12 @@ def _estimate_cached(twin, kind: str, shape: tuple[int, ...], dtype: torch.dtype
     else:
         sim_t = min(t, 3 * chunk)
     x = torch.empty((b, c, sim_t, h, w), dtype=dtype, device="meta")
-    tracker = _StorageBytes(tuple(twin.parameters()) + tuple(twin.buffers()) if autocast else ())
+    if autocast is None:
+        tracker = _StorageBytes()
+    elif dtype == autocast:  # a twin stored in the autocast dtype: its weights and buffers stand for the casts
+        tracker = _StorageBytes(autocast_cast=tuple(twin.parameters()) + tuple(twin.buffers()))
+    else:  # a float32 twin: every float32 argument of a casting op
+        tracker = _StorageBytes(cast_float32_to=autocast)
     # the twin runs outside any autocast region of the caller: its dtype already says what autocast would do
     with torch.inference_mode(), torch.autocast("cpu", enabled=False), tracker:
         if kind == "encode":
@@ -208,13 +229,14 @@ def _estimate_cached(twin, kind: str, shape: tuple[int, ...], dtype: torch.dtype
 def estimate_call_bytes(model, kind: str, shape, dtype: torch.dtype, chunk: int | None) -> int:
     """Bytes of tensors a ``model.encode`` / ``model.decode`` call holds at its peak (see module doc).
 
-    Inside a ``torch.autocast`` region on the model's device (``--dtype bf16``) the call runs in the autocast
-    dtype. On CPU in bf16, for models whose norms keep that dtype (WF-VAE's LayerNorm), the twin runs in it too,
-    with direct kernels, and what autocast adds over a model stored in bf16 is counted: each convolution's
-    per-call cast of its float32 weight (and the wavelets' of their filters), and the first convolution's
-    causally padded input, which exists in the input's ``dtype`` before autocast casts it. Elsewhere (CUDA,
-    whose autocast runs norms in float32; CausalVAE's group norms) the float32 estimate stands, an upper bound
-    of the autocast call. Outside inference mode, autocast's cache of cast weights comes on top.
+    Inside a ``torch.autocast`` region on the model's device (``--dtype bf16``) autocast casts the arguments of
+    its lower-precision ops (convolutions, matrix products) for each call; those casts are counted, live while
+    the op runs. On CPU in bf16, for models without group norms (WF-VAE's LayerNorm keeps bf16 there), the twin
+    runs in bf16, with direct kernels, plus the first convolution's causally padded input, which exists in the
+    input's ``dtype`` before autocast casts it. Elsewhere (CUDA, whose autocast runs norms in float32; models
+    with group norms, whose affine step promotes bf16 to float32; every CausalVAE has one) the twin runs in
+    float32 with the casts added: an upper bound of the autocast call. Outside inference mode, autocast's cache
+    of cast weights comes on top (every float32 parameter that requires grad: an upper bound).
 
     Args:
         kind: "encode" (``shape`` is the video's) or "decode" (``shape`` is the latents').
@@ -224,18 +246,26 @@ def estimate_call_bytes(model, kind: str, shape, dtype: torch.dtype, chunk: int 
     if kind not in ("encode", "decode"):
         raise ValueError(f"kind must be 'encode' or 'decode', got {kind!r}")
     shape = tuple(int(s) for s in shape)
+    param = next(model.parameters())
     low = _autocast_dtype(model)
     if low is None:
-        return _estimate(_twin(model), kind, shape, dtype, chunk)
+        if dtype == param.dtype or param.device.type not in ("cpu", "cuda") \
+                or not torch.is_autocast_enabled(param.device.type):
+            return _estimate(_twin(model), kind, shape, dtype, chunk)
+        # a model stored in a low precision, given a float32 input inside autocast: autocast casts that input
+        return _estimate(_twin(model), kind, shape, param.dtype, chunk) + _padded_input(kind, shape, chunk, dtype)
     cache = _autocast_weight_cache(model, low)
     if not _low_precision_twin_holds(model, low):
-        return _estimate(_twin(model, torch.float32), kind, shape, torch.float32, chunk) + cache
-    padded_input = 0
-    if dtype != low:
-        b, c, t, h, w = shape
-        first = t if chunk is None else min(t, chunk + (kind == "encode"))  # the longest chunk: the first
-        padded_input = b * c * (first + _CAUSAL_PAD) * h * w * dtype.itemsize
-    return _estimate(_twin(model, low), kind, shape, low, chunk, autocast=True) + padded_input + cache
+        return _estimate(_twin(model, torch.float32), kind, shape, torch.float32, chunk, autocast=low) + cache
+    padded_input = _padded_input(kind, shape, chunk, dtype) if dtype != low else 0
+    return _estimate(_twin(model, low), kind, shape, low, chunk, autocast=low) + padded_input + cache
+
+
+def _padded_input(kind: str, shape: tuple[int, ...], chunk: int | None, dtype: torch.dtype) -> int:
+    """Bytes of the longest (first) chunk of the input, causally padded, in ``dtype``."""
+    b, c, t, h, w = shape
+    first = t if chunk is None else min(t, chunk + (kind == "encode"))
+    return b * c * (first + _CAUSAL_PAD) * h * w * dtype.itemsize
 
 
 def _candidates(model, kind: str, frames: int) -> list[int]:
