@@ -473,13 +473,17 @@ TRAIN_MEMORY_RUNS = (("fp32", 9, 128), ("bf16", 25, 256))
 TRAIN_MEMORY_TARGET = (0.5, 1.35)  # checkpointed step: <= 0.5x the original's peak growth at <= 1.35x its time
 
 
+def _train_memory_json(ctx: Context, dtype: str, frames: int, size: int) -> Path:
+    return ctx.out / f"train_memory_{dtype}_{frames}x{size}.json"
+
+
 def commands_train_memory(ctx: Context) -> list[list[str]]:
     commands = []
     for dtype, frames, size in TRAIN_MEMORY_RUNS:
         cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_train_memory.py"), "--device", "cuda",
                "--dtype", dtype, "--config", str(LARGE_CONFIG), "--frames", str(frames), "--size", str(size),
                "--repeats", "3", "--warmup", "1", "--threads", "8",
-               "--json", str(ctx.out / f"train_memory_{dtype}_{frames}x{size}.json")]
+               "--json", str(_train_memory_json(ctx, dtype, frames, size))]
         if ctx.reference_repo:
             cmd += ["--reference_repo", ctx.reference_repo]
         commands.append(cmd)
@@ -491,7 +495,7 @@ def check_train_memory(ctx: Context, runs: list) -> dict:
     checkpointed step meets the issue's target; the target is reported, not enforced (this is a measurement)."""
     rows = []
     for (dtype, frames, size), run in zip(TRAIN_MEMORY_RUNS, runs):
-        path = ctx.out / f"train_memory_{dtype}_{frames}x{size}.json"
+        path = _train_memory_json(ctx, dtype, frames, size)
         if run["returncode"] != 0 or not path.is_file():
             return {"status": "fail", "rows": rows}
         data = json.loads(path.read_text())

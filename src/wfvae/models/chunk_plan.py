@@ -136,13 +136,9 @@ def _twin(model, dtype: torch.dtype | None = None) -> torch.nn.Module:
                       param.device.type)
 
 
-def _autocast_dtype(model) -> torch.dtype | None:
-    """The lower precision an enclosing ``torch.autocast`` region runs a float32 model's convolutions in, or None
-    (no autocast on the model's device, or parameters autocast leaves alone, such as float64)."""
-    param = next(model.parameters())
-    device_type = param.device.type
-    if param.dtype != torch.float32 or device_type not in ("cpu", "cuda") \
-            or not torch.is_autocast_enabled(device_type):
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The lower precision of an enclosing ``torch.autocast`` region on ``device_type``, or None outside one."""
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type)
 
@@ -247,13 +243,13 @@ def estimate_call_bytes(model, kind: str, shape, dtype: torch.dtype, chunk: int 
         raise ValueError(f"kind must be 'encode' or 'decode', got {kind!r}")
     shape = tuple(int(s) for s in shape)
     param = next(model.parameters())
-    low = _autocast_dtype(model)
+    low = _autocast_dtype(param.device.type)
     if low is None:
-        if dtype == param.dtype or param.device.type not in ("cpu", "cuda") \
-                or not torch.is_autocast_enabled(param.device.type):
-            return _estimate(_twin(model), kind, shape, dtype, chunk)
-        # a model stored in a low precision, given a float32 input inside autocast: autocast casts that input
-        return _estimate(_twin(model), kind, shape, param.dtype, chunk) + _padded_input(kind, shape, chunk, dtype)
+        return _estimate(_twin(model), kind, shape, dtype, chunk)
+    if param.dtype != torch.float32:
+        # autocast leaves weights in another precision (bf16, float64) alone and casts a float32 input to them
+        padded_input = _padded_input(kind, shape, chunk, dtype) if dtype != param.dtype else 0
+        return _estimate(_twin(model), kind, shape, param.dtype, chunk) + padded_input
     cache = _autocast_weight_cache(model, low)
     if not _low_precision_twin_holds(model, low):
         return _estimate(_twin(model, torch.float32), kind, shape, torch.float32, chunk, autocast=low) + cache
