@@ -185,28 +185,30 @@ def test_autocast_estimate_holds_for_bf16_latents_group_norms_float64_and_the_we
     torch.manual_seed(0)
     wf = build_model(ROOT / "examples" / "configs" / "wfvae_tiny.json").eval().requires_grad_(False)
     causal = build_model(ROOT / "examples" / "configs" / "causalvae_tiny.json").eval().requires_grad_(False)
-    video = torch.rand(1, 3, 17, 32, 32) * 2 - 1
-    for model in (wf, causal):
+    # the CausalVAE is run at a smaller size: on CPUs without bf16 instructions its bf16 calls take minutes at 17x32
+    for model, video in ((wf, torch.rand(1, 3, 17, 32, 32) * 2 - 1), (causal, torch.rand(1, 3, 9, 16, 16) * 2 - 1)):
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             z = model.encode(video, chunk_size="auto", max_memory_gb=1.0).mode()
             assert z.dtype == torch.bfloat16
             out = model.decode(z, chunk_size="auto", max_memory_gb=1.0)  # raised a dtype error before
-            assert out.shape[2] == 17
+            assert out.shape[2] == video.shape[2]
             for kind, x, chunk in [("encode", video, 4), ("decode", z, 1), ("decode", z, None)]:
                 estimate = estimate_call_bytes(model, kind, x.shape, x.dtype, chunk)
                 _, peak = _tracked_call(model, kind, x, chunk)
                 assert peak <= estimate, (type(model).__name__, kind, chunk, peak, estimate)
     # the float32 twin counts autocast's casts too: at tiny latents the largest weight's cast dominates the peak
-    # of the released CausalVAE layout (the estimate was 0.43-0.55x the real peak without them)
+    # of the released CausalVAE layout (the estimate was 0.43-0.55x the real peak without them at 3x2x2 latents;
+    # one 1x1 latent frame here, which decodes in seconds also on CPUs without bf16 instructions)
     big = build_model(ROOT / "examples" / "configs" / "causalvae-4chn.json").eval().requires_grad_(False)
     for chunk in (1, None):
-        z = torch.randn(1, big.latent_channels, 3, 2, 2)
+        z = torch.randn(1, big.latent_channels, 1, 1, 1)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
             estimate = estimate_call_bytes(big, "decode", z.shape, z.dtype, chunk)
             _, peak = _tracked_call(big, "decode", z, chunk)
         assert peak <= estimate, (chunk, peak, estimate)
     # a model stored in bf16, given a float32 video inside autocast (the estimate raised a dtype error)
     low = build_model(ROOT / "examples" / "configs" / "wfvae_tiny.json").eval().requires_grad_(False).bfloat16()
+    video = torch.rand(1, 3, 17, 32, 32) * 2 - 1
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         estimate = estimate_call_bytes(low, "encode", video.shape, video.dtype, 4)
         _, peak = _tracked_call(low, "encode", video, 4)
@@ -240,3 +242,43 @@ def test_chunked_encode_peak_does_not_grow_with_the_clip():
         assert peak <= estimate_call_bytes(model, "encode", video.shape, video.dtype, 4), (frames, peak)
     # before, the whole-clip copy added the 24 more input frames: 24 * 3 * 32 * 32 * 4 bytes = 288 KiB
     assert peaks[1] - peaks[0] < 24 * 3 * 32 * 32 * 4 / 4, peaks
+
+
+def test_group_norm_wfvae_is_estimated_on_the_path_of_its_device(monkeypatch):
+    """A WF-VAE built with ``norm_type="groupnorm"``: its encode could not be estimated (the meta twin took
+    GroupNorm's CUDA layout path, then asked autocast about "meta"). The twin of a CPU model now takes the CPU's
+    path (float32 estimates equal the real call's counted peak; bf16 ones bound it), the twin of a CUDA model
+    the CUDA one."""
+    import json
+
+    from wfvae.models import chunk_plan
+    from wfvae.models.layers import norm
+
+    config = json.loads((ROOT / "examples" / "configs" / "wfvae_tiny.json").read_text())
+    config.update(norm_type="groupnorm", base_channels=32, encoder_energy_flow_hidden_size=32,
+                  decoder_energy_flow_hidden_size=32)
+    torch.manual_seed(0)
+    model = build_model(config).eval().requires_grad_(False)
+    video = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    with torch.inference_mode():
+        z = model.encode(video).moments[:, : model.latent_channels]
+    for kind, x, chunk in [("encode", video, 4), ("encode", video, None), ("decode", z, 1)]:
+        with torch.inference_mode():
+            fp32 = estimate_call_bytes(model, kind, x.shape, x.dtype, chunk)
+            _, peak = _tracked_call(model, kind, x, chunk)
+            assert abs(peak - fp32) <= 0.01 * peak, (kind, chunk, peak, fp32)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf16 = estimate_call_bytes(model, kind, x.shape, x.dtype, chunk)
+                _, peak = _tracked_call(model, kind, x, chunk)
+            assert peak <= bf16, (kind, chunk, peak, bf16)
+    layout_path = []  # ClipGroupNorm's own channels-last path: CUDA's, not the CPU's
+    real_normalize = norm.ClipGroupNorm._normalize
+    monkeypatch.setattr(norm.ClipGroupNorm, "_normalize",
+                        lambda self, *a: layout_path.append(1) or real_normalize(self, *a))
+    key = (type(model), json.dumps(model.config, sort_keys=True), torch.float32, "direct")
+    for host in ("cpu", "cuda"):
+        layout_path.clear()
+        twin = chunk_plan._meta_twin(*key, host)
+        assert chunk_plan._estimate_cached.__wrapped__(twin, "encode", tuple(video.shape), torch.float32, 4,
+                                                       None, True) > 0
+        assert bool(layout_path) == (host == "cuda"), host

@@ -3,7 +3,7 @@ many threads each video decoder may use.
 
 How to use::
 
-    precision = resolve_precision("bf16", device)      # "fp32" on a pre-Ampere GPU, with a warning
+    precision = resolve_precision("bf16", device)      # "fp32" on a pre-Ampere GPU; a warning on a CPU without bf16
     configure_backends(device, benchmark=True, allow_tf32=False)
     threads = decoder_threads(num_workers=4, local_world_size=8)
 
@@ -24,8 +24,8 @@ from wfvae.utils.memory import libc_function
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FSDP_MIN_TORCH", "available_cpus", "configure_backends", "decoder_threads", "free_memory_promptly",
-           "fsdp2_supported", "resolve_precision"]
+__all__ = ["FSDP_MIN_TORCH", "available_cpus", "configure_backends", "cpu_has_bf16", "decoder_threads",
+           "free_memory_promptly", "fsdp2_supported", "resolve_precision"]
 
 
 #: the oldest PyTorch ``--fsdp`` is verified with (``tests/test_train_fsdp.py``'s 2-process run). Session 9 ran
@@ -45,8 +45,14 @@ def fsdp2_supported() -> bool:
 MAX_DECODER_THREADS = 16
 
 
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN has fast bf16 kernels on this CPU (AVX512-BF16 or AMX; PyTorch's own test)."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def resolve_precision(
-    precision: str, device: torch.device, capability: tuple[int, int] | None = None, what: str = "--mix_precision"
+    precision: str, device: torch.device, capability: tuple[int, int] | None = None, what: str = "--mix_precision",
+    cpu_bf16: bool | None = None,
 ) -> str:
     """The autocast precision to use on ``device``: ``precision`` unless the GPU cannot run it.
 
@@ -55,12 +61,23 @@ def resolve_precision(
     GradScaler) is the faster choice on such GPUs, but it is not chosen silently because it changes the
     numerics far more than fp32 does.
 
+    CPU autocast runs bf16 on every CPU, but only CPUs with bf16 instructions (AVX512-BF16, AMX) have fast
+    kernels for it: elsewhere a bf16 convolution is many times slower than fp32 (`benchmarks/RESULTS.md`,
+    "bf16 on a CPU without bf16 instructions"). bf16 is kept, as asked, with a warning that names the fix.
+
     Args:
         precision: "fp32" | "bf16" | "fp16".
-        device: where the model runs; CPU autocast always supports bf16.
+        device: where the model runs.
         capability: (major, minor) compute capability; None reads it from ``device``.
         what: the option name for the message.
+        cpu_bf16: whether the CPU has bf16 instructions; None asks :func:`cpu_has_bf16`.
     """
+    if precision == "bf16" and device.type == "cpu":
+        if not (cpu_has_bf16() if cpu_bf16 is None else cpu_bf16):
+            logger.warning("%s bf16 on this CPU: it has no bf16 instructions (AVX512-BF16 or AMX), so bf16 "
+                           "convolutions run many times slower than fp32 here (a 3x3x3 convolution measured "
+                           "48x on an AVX2 EPYC). Pass %s fp32 for speed.", what, what)
+        return precision
     if precision != "bf16" or device.type != "cuda":
         return precision
     if capability is None:

@@ -91,6 +91,7 @@ from wfvae.options import (
     too_small,
     validate,
 )
+from wfvae.runtime import resolve_precision
 from wfvae.utils.io import atomic_write_bytes
 from wfvae.utils.logging import setup_logging
 from wfvae.utils.output_folder import (
@@ -122,7 +123,8 @@ class ReconstructConfig(ModelOptions, ClipOptions, ResizeOptions, EncodeChunkOpt
     decode_chunk_size: int | None = option(None, "Decode this many latent frames at a time; exact.")
     dtype: Literal["fp32", "bf16", "fp16"] = option(
         "fp32", "Autocast precision (weights stay fp32): bf16 runs on CUDA and on CPUs (fast where the CPU has bf16 "
-        "instructions, see benchmarks/RESULTS.md), fp16 on CUDA only.")
+        "instructions, AVX512-BF16 or AMX; many times slower than fp32 elsewhere, with a warning; see "
+        "benchmarks/RESULTS.md), fp16 on CUDA only.")
     sample_fps: float = option(24.0, "Frame rate written into the output videos.")
     metrics: list[str] = option([], f"Comma list of {','.join(IN_MEMORY_METRICS)}, measured on the in-memory tensors (before the "
                                 "codec).")
@@ -209,6 +211,8 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
         if cfg.dtype == "fp16" and env.device.type != "cuda":
             raise ConfigError(f"--dtype fp16 runs on CUDA only (the device is {env.device}); on a CPU use --dtype bf16 "
                               "or fp32")
+        # what runs: fp32 on a GPU older than Ampere; bf16 on a CPU without bf16 instructions warns (slow)
+        dtype = resolve_precision(cfg.dtype, env.device, what="--dtype")
         model = load_for_command(cfg, env.device)
         if src.is_file() and not is_manifest(src):
             dataset = _SingleFile(src, cfg, model.temporal_compression_ratio)
@@ -238,7 +242,7 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
         folder = OutputFolder(out_dir, "reconstruct", {
             "ckpt": model_identity(cfg.ckpt, model), "real_video_dir": os.path.realpath(src),
             "num_frames": cfg.num_frames, "sample_rate": cfg.sample_rate, "resolution": cfg.resolution,
-            "crop_size": cfg.crop_size, "resize": cfg.resize, "format": cfg.format, "dtype": cfg.dtype, "sample_fps": cfg.sample_fps,
+            "crop_size": cfg.crop_size, "resize": cfg.resize, "format": cfg.format, "dtype": dtype, "sample_fps": cfg.sample_fps,
         }, rank=env.rank, output_option="--generated_video_dir")
         problem = None
         if env.is_main:
@@ -277,7 +281,7 @@ def reconstruct(cfg: ReconstructConfig) -> dict:
                     failed.append((names[i], item["error"]))
                     continue
                 video = item["video"].unsqueeze(0).to(env.device, non_blocking=True)  # (1, 3, T, H, W)
-                with torch.inference_mode(), inference_autocast(env.device, cfg.dtype):
+                with torch.inference_mode(), inference_autocast(env.device, dtype):
                     z = model.encode(video, **cfg.chunking(cfg.chunk_size)).mode()
                     recon = model.decode(z, **cfg.chunking(cfg.decode_chunk_size)).float().clamp(-1, 1)
                 row = {"path": names[i]}

@@ -38,6 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from wfvae.errors import ConfigError
+from wfvae.models.layers.twin import STANDS_FOR
 
 __all__ = ["MemoryBudgetError", "check_budget", "choose_chunk_size", "estimate_call_bytes", "smallest_chunk"]
 
@@ -120,10 +121,11 @@ class _StorageBytes(TorchDispatchMode):
 def _meta_twin(cls: type, config_json: str, dtype: torch.dtype, kernels: str, host: str) -> torch.nn.Module:
     with torch.device("meta"):
         twin = cls.from_config(json.loads(config_json)).to(dtype).eval().set_conv_kernels(kernels)
-    if host == "cpu":  # small float32 convolutions then stack their input for oneDNN as on the CPU (counted)
-        for module in twin.modules():
-            if isinstance(module, torch.nn.Conv3d):
-                module.meta_follows_cpu = True
+    # the layers whose code path depends on the device take the model's (layers/twin.py): on the CPU small
+    # float32 convolutions stack their input for oneDNN (counted); on CUDA GroupNorm keeps channels-last
+    for module in twin.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.GroupNorm)):
+            setattr(module, STANDS_FOR, host)
     return twin
 
 

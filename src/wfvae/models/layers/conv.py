@@ -8,6 +8,7 @@ from torch import nn
 
 from . import kernel_choice, winograd
 from .stream import StreamState, causal_time_window
+from .twin import kernel_device
 
 
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -45,14 +46,11 @@ def takes_native_fallback(x: torch.Tensor, conv: nn.Conv3d) -> bool:
     CPU autocast: the convolution then runs in bf16, which PyTorch gives to oneDNN wherever oneDNN has bf16
     kernels (elsewhere the two-group form would not reach oneDNN either).
     ``tests/test_conv_backend.py`` checks this rule against PyTorch's own backend choice.
-    ``chunk_plan``'s shapes-only twin of a CPU model marks its convolutions ``meta_follows_cpu``: there meta
-    inputs follow the CPU rule, so the stacked input is counted.
+    On ``chunk_plan``'s shapes-only twin of a CPU model (see ``twin.py``) meta inputs follow the CPU rule, so
+    the stacked input is counted.
     """
     _, k_h, k_w = conv.kernel_size
-    device = x.device.type
-    if device == "meta" and getattr(conv, "meta_follows_cpu", False):
-        device = "cpu"
-    return (device == "cpu" and x.dtype == torch.float32 and x.dim() == 5 and x.shape[0] == 1
+    return (kernel_device(x, conv) == "cpu" and x.dtype == torch.float32 and x.dim() == 5 and x.shape[0] == 1
             and not torch.is_autocast_enabled("cpu") and conv.groups == 1 and conv.padding_mode == "zeros"
             and (k_h, k_w) != (1, 1) and not (k_h > 3 and k_w > 3)
             and x.shape[1] * x.shape[2] * x.shape[3] <= NATIVE_FALLBACK_MAX_NCTH

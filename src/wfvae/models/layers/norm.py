@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from .stream import StopChunk, StreamState
+from .twin import autocast_enabled, kernel_device
 
 
 class ChannelLayerNorm(nn.Module):
@@ -36,7 +37,7 @@ class ClipGroupNorm(nn.GroupNorm):
     per_frame = False
 
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
-        keep_layout = keeps_channels_last(x)
+        keep_layout = keeps_channels_last(x, kernel_device(x, self))
         if stream is None or x.dim() != 5 or self.per_frame:
             if keep_layout:
                 grouped = _grouped_view(x.to(_compute_dtype(x)), self.num_groups)
@@ -85,21 +86,22 @@ class ClipGroupNorm(nn.GroupNorm):
         shift = self.bias.to(dtype) - mean.repeat_interleave(per_group, dim=1) * scale
         bshape = (b, c) + (1,) * (x.dim() - 2)
         y = torch.addcmul(shift.view(bshape), x.to(dtype), scale.view(bshape))
-        return y if torch.is_autocast_enabled(x.device.type) else y.to(x.dtype)
+        return y if autocast_enabled(kernel_device(x, self)) else y.to(x.dtype)
 
     def resolve(self, collected) -> tuple[torch.Tensor, torch.Tensor]:
         n, mean, m2 = collected
         return mean, m2 / n
 
 
-def keeps_channels_last(x: torch.Tensor) -> bool:
+def keeps_channels_last(x: torch.Tensor, device_type: str | None = None) -> bool:
     """Whether GroupNorm of ``x`` should be computed by :class:`ClipGroupNorm` itself.
 
     On CUDA, ATen's ``group_norm`` copies channels-last input to NCDHW and returns NCDHW, so every norm
     layer of a channels-last model would pay a layout copy in and another one out (the next convolution
     wants channels-last again). The CPU kernel keeps channels-last by itself, so this is False there.
+    ``device_type``: the device whose path to take (default: x's; a shapes-only twin passes its model's).
     """
-    return (x.device.type != "cpu" and x.dim() in (4, 5) and x.shape[1] > 1 and not x.is_contiguous()
+    return ((device_type or x.device.type) != "cpu" and x.dim() in (4, 5) and x.shape[1] > 1 and not x.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last))
 
 
