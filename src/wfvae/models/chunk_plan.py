@@ -38,7 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from wfvae.errors import ConfigError
-from wfvae.models.layers.twin import STANDS_FOR
+from wfvae.models.layers.twin import STANDS_FOR, autocast_enabled
 
 __all__ = ["MemoryBudgetError", "check_budget", "choose_chunk_size", "estimate_call_bytes", "smallest_chunk"]
 
@@ -140,7 +140,7 @@ def _twin(model, dtype: torch.dtype | None = None) -> torch.nn.Module:
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
     """The lower precision of an enclosing ``torch.autocast`` region on ``device_type``, or None outside one."""
-    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+    if not autocast_enabled(device_type):
         return None
     return torch.get_autocast_dtype(device_type)
 
