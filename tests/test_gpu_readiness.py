@@ -128,6 +128,29 @@ def test_groupnorm_layout_path_keeps_layout_dtype_and_gradients(monkeypatch):
         assert layer(x.detach().bfloat16()).dtype == torch.bfloat16
 
 
+def test_groupnorm_layout_path_saves_one_float32_copy_of_half_input(monkeypatch):
+    # Under autocast ATen's group_norm saves one float32 cast of a bf16 input for backward; the layout
+    # path must not save two (one for the statistics, another for the multiply-add): 4 bytes per element
+    # per norm layer of a CausalVAE or group-norm WF-VAE trained in bf16 on a GPU.
+    torch.manual_seed(0)
+    layer = norm.make_norm(64, "groupnorm")
+    x = torch.randn(2, 64, 3, 6, 5).bfloat16().to(memory_format=torch.channels_last_3d).requires_grad_()
+    _force_layout_path(monkeypatch)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    full_size_float32 = {t.untyped_storage().data_ptr() for t in saved
+                         if t.dtype == torch.float32 and t.numel() == x.numel()}
+    assert len(full_size_float32) == 1, f"{len(full_size_float32)} float32 copies of the input saved for backward"
+    out.float().square().sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all()
+
+
 def test_groupnorm_layout_path_is_cuda_only():
     x = torch.randn(1, 64, 2, 4, 4).to(memory_format=torch.channels_last_3d)
     assert not norm.keeps_channels_last(x)  # the CPU kernel keeps channels-last by itself

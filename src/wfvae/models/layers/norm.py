@@ -40,9 +40,11 @@ class ClipGroupNorm(nn.GroupNorm):
         keep_layout = keeps_channels_last(x, kernel_device(x, self))
         if stream is None or x.dim() != 5 or self.per_frame:
             if keep_layout:
-                grouped = _grouped_view(x.to(_compute_dtype(x)), self.num_groups)
-                var, mean = torch.var_mean(grouped, dim=(1, 3), correction=0)  # (B, G)
-                return self._normalize(x, mean, var)
+                # one float32 copy of half-precision input (none of float32) serves the statistics and the
+                # output, so backward saves it once, as ATen's group_norm saves its one cast input
+                xc = x.to(_compute_dtype(x))
+                var, mean = torch.var_mean(_grouped_view(xc, self.num_groups), dim=(1, 3), correction=0)  # (B, G)
+                return self._normalize(xc, mean, var, x.dtype)
             return super().forward(x)
         role = stream.clip_level(self)
         b, c = x.shape[:2]
@@ -67,26 +69,27 @@ class ClipGroupNorm(nn.GroupNorm):
             raise StopChunk
         mean, var = stream.resolved[self]
         if keep_layout:
-            return self._normalize(x, mean.to(_compute_dtype(x)), var.to(_compute_dtype(x)))
+            dtype = _compute_dtype(x)
+            return self._normalize(x.to(dtype), mean.to(dtype), var.to(dtype), x.dtype)
         mean, var = mean.to(x.dtype)[..., None], var.to(x.dtype)[..., None]
         y = ((groups - mean) * torch.rsqrt(var + self.eps)).reshape(x.shape)
         return y * self.weight.view(1, c, 1, 1, 1) + self.bias.view(1, c, 1, 1, 1)
 
-    def _normalize(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    def _normalize(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         """``(x - mean) * rsqrt(var + eps) * weight + bias`` as one multiply-add that keeps x's layout.
 
-        ``mean``/``var``: (B, G) statistics in :func:`_compute_dtype`. Half-precision input is computed in
-        float32 and returned in float32 under autocast (ATen's group_norm is an autocast float32 op),
-        else in x's dtype.
+        ``x``, ``mean``/``var`` ((B, G) statistics): already in :func:`_compute_dtype` of the layer's input,
+        float32 for half precision. The result is float32 under autocast (ATen's group_norm is an autocast
+        float32 op), else ``out_dtype``, the input's dtype.
         """
         b, c = x.shape[:2]
-        dtype = _compute_dtype(x)
+        dtype = x.dtype
         per_group = c // self.num_groups
         scale = torch.rsqrt(var + self.eps).repeat_interleave(per_group, dim=1) * self.weight.to(dtype)  # (B, C)
         shift = self.bias.to(dtype) - mean.repeat_interleave(per_group, dim=1) * scale
         bshape = (b, c) + (1,) * (x.dim() - 2)
-        y = torch.addcmul(shift.view(bshape), x.to(dtype), scale.view(bshape))
-        return y if autocast_enabled(kernel_device(x, self)) else y.to(x.dtype)
+        y = torch.addcmul(shift.view(bshape), x, scale.view(bshape))
+        return y if autocast_enabled(kernel_device(x, self)) else y.to(out_dtype)
 
     def resolve(self, collected) -> tuple[torch.Tensor, torch.Tensor]:
         n, mean, m2 = collected
