@@ -10,8 +10,9 @@ How to run::
     python benchmarks/bench_inference.py --frames 33 65 129 257 --sizes 32 --variants chunked \\
         --skip_time --json benchmarks/results/length_sweep.json
 
-    # GPU, bf16 and fp32, encode / decode / round trip separately
-    python benchmarks/bench_inference.py --device cuda --dtypes fp32 bf16 --modes encode decode roundtrip \\
+    # GPU, bf16 and fp32, encode / decode / round trip separately; --autocast runs bf16 the way
+    # `wfvae reconstruct --dtype bf16` does (float32 weights under torch.autocast), not as bf16 weights
+    python benchmarks/bench_inference.py --device cuda --dtypes fp32 bf16 --autocast --modes encode decode roundtrip \\
         --frames 33 --sizes 256 512 --reference_repo /path/to/WF-VAE
 
 What is measured, per (mode, variant, dtype, frames, size):
@@ -34,6 +35,7 @@ variants run ours only (``encode(chunk_size=--enc_chunk)``, ``decode(chunk_size=
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -143,12 +145,16 @@ def worker(job: dict) -> dict:
     # the original has no exact chunked mode: against our chunked rows it runs its full pass (memory, too)
     if what == "reference" or (what == "time" and job["reference_repo"]):
         models["reference"] = _load_reference(job)
-    video, latents = _inputs(job, device, dtype)
+    # --autocast: half precision as the inference commands run it, float32 weights and input under autocast
+    amp = bool(job.get("autocast")) and dtype in (torch.bfloat16, torch.float16)
+    stored = torch.float32 if amp else dtype
+    video, latents = _inputs(job, device, stored)
     for m in models.values():
-        m.to(device, dtype)
+        m.to(device, stored)
     ops = {name: _operation(name, m, job, video, latents) for name, m in models.items()}
-    result = {"threads": torch.get_num_threads()}
-    with torch.inference_mode():
+    result = {"threads": torch.get_num_threads(), "autocast": amp}
+    precision = torch.autocast(device, dtype=dtype) if amp else contextlib.nullcontext()
+    with torch.inference_mode(), precision:
         if job["what"] == "time":
             times = {name: [] for name in ops}
             outputs = {}
@@ -232,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", nargs="+", default=["roundtrip"], choices=["encode", "decode", "roundtrip"])
     p.add_argument("--variants", nargs="+", default=["full"], choices=["full", "chunked"])
     p.add_argument("--dtypes", nargs="+", default=["fp32"], choices=sorted(DTYPES))
+    p.add_argument("--autocast", action="store_true",
+                   help="run bf16/fp16 as the inference commands' --dtype does: float32 weights and input under "
+                        "torch.autocast (default: weights and input converted to that dtype)")
     p.add_argument("--enc_chunk", default="8", help="frames per encoder chunk, or auto (chunked variant)")
     p.add_argument("--dec_chunk", default="2", help="latent frames per decoder chunk, or auto (chunked variant)")
     p.add_argument("--max_memory_gb", type=float, default=None, help="budget of auto chunk sizes (chunked variant)")
@@ -274,7 +283,7 @@ def main(argv=None) -> int:
         os.environ["WFVAE_CONV_CACHE"] = str(Path(scratch) / "conv_kernels.json")
         weights, facts = prepare_weights(args, Path(scratch))
         rows = []
-        header = (f"{'mode':9} {'variant':12} {'dtype':5} {'T':>4} {'px':>4} | {'ours s':>8} {'orig s':>8} {'ratio':>5} | "
+        header = (f"{'mode':9} {'variant':12} {'dtype':8} {'T':>4} {'px':>4} | {'ours s':>8} {'orig s':>8} {'ratio':>5} | "
                   f"{'ours MB':>8} {'orig MB':>8} {'ratio':>5} | {'ours act':>8} {'orig act':>8} {'ratio':>5} | max|diff|")
         print(header)
         print("-" * len(header))
@@ -284,7 +293,7 @@ def main(argv=None) -> int:
                         dtype=dtype, frames=frames, size=size, enc_chunk=args.enc_chunk, dec_chunk=args.dec_chunk,
                         max_memory_gb=args.max_memory_gb, free_promptly=args.free_promptly,
                         conv=args.conv, device=args.device, threads=args.threads, repeats=args.repeats,
-                        warmup=args.warmup)
+                        warmup=args.warmup, autocast=args.autocast and dtype in ("bf16", "fp16"))
             row = dict(base, weights=None)
             if not args.skip_time:
                 row["time"] = run_worker(dict(base, what="time"))
@@ -323,7 +332,8 @@ def format_row(row: dict) -> str:
     m_ours, m_ref = row.get("memory_ours", {}), row.get("memory_reference", {})
     diff = row.get("time", {}).get("max_abs_diff")
     return (
-        f"{row['mode']:9} {row['variant'] + {'winograd': '+wino', 'auto': '+auto'}.get(row.get('conv'), ''):12} {row['dtype']:5} {row['frames']:4d} {row['size']:4d} | "
+        f"{row['mode']:9} {row['variant'] + {'winograd': '+wino', 'auto': '+auto'}.get(row.get('conv'), ''):12} "
+        f"{row['dtype'] + ('@amp' if row.get('autocast') else ''):8} {row['frames']:4d} {row['size']:4d} | "
         f"{_num(t_ours, '8.2f')} {_num(t_ref, '8.2f')} {_ratio(t_ours, t_ref)} | "
         f"{_num(m_ours.get('peak_mb'), '8.0f')} {_num(m_ref.get('peak_mb'), '8.0f')} "
         f"{_ratio(m_ours.get('peak_mb'), m_ref.get('peak_mb'))} | "

@@ -2,7 +2,8 @@
 # The prepared GPU check (see benchmarks/gpu_check.py for the cases and the JSON it writes).
 #
 # How to run, from anywhere:
-#   bash benchmarks/gpu_check.sh --reference_repo /path/to/WF-VAE            # NVIDIA GPU machine, <= 10 min
+#   bash benchmarks/gpu_check.sh --reference_repo /path/to/WF-VAE --budget_s 1200  # NVIDIA GPU machine, all cases
+#   bash benchmarks/gpu_check.sh --reference_repo /path/to/WF-VAE --cases environment train_memory  # issue 16, < 9 min
 #   bash benchmarks/gpu_check.sh --reference_repo none --out my_check        # without the original
 #   bash benchmarks/gpu_check.sh --dry_run --out /tmp/gpu_check_dry          # no GPU: arguments + plan on the CPU
 #

@@ -63,3 +63,107 @@ def test_without_a_gpu_it_fails_fast_with_exit_2(tmp_path):
     assert "no CUDA GPU is visible" in proc.stderr and "--dry_run" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+# ---- the driver's own logic, on real processes (no GPU needed) -----------------------------------------
+def _gpu_check_module():
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return gpu_check
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a killed child of an exited shell is reaped by init; until then it is a zombie, i.e. not running
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[-1][:1] not in ("Z", "X")
+
+
+def test_a_timed_out_command_takes_its_whole_process_group_down(tmp_path):
+    # torchrun's workers and the benchmarks' worker processes are grandchildren of the command gpu_check
+    # starts: killing only the command would leave them holding the GPU while the next cases run
+    gpu_check = _gpu_check_module()
+    pidfile = tmp_path / "grandchild.pid"
+    cmd = ["bash", "-c", f"sleep 120 & echo $! > {pidfile}; wait"]
+    with open(tmp_path / "log", "w") as log:
+        run = gpu_check._run_command(cmd, log, timeout_s=2)
+    assert run["returncode"] == "timeout" and run["seconds"] < 30
+    assert not _alive(int(pidfile.read_text())), "the grandchild outlived the timeout"
+
+
+def test_a_case_stopped_by_the_budget_is_skipped_not_failed(tmp_path):
+    gpu_check = _gpu_check_module()
+    (tmp_path / "logs").mkdir()
+    ctx = gpu_check.Context(out=tmp_path, device="cuda", quick=False, reference_repo=None, weights=None)
+    case = gpu_check.Case("slow", 300, command=lambda ctx: [["sleep", "60"]],
+                          check=lambda ctx, runs: {"status": "fail"}, light=False)
+    import time
+
+    result = gpu_check.run_case(case, ctx, deadline=time.monotonic() + 2)
+    assert result["status"] == "skipped" and "budget" in result["why"]
+    # the case's own time limit is a failure of the case
+    own = gpu_check.Case("slow", 2, command=lambda ctx: [["sleep", "60"]],
+                         check=lambda ctx, runs: {"status": "fail"}, light=False)
+    assert gpu_check.run_case(own, ctx, deadline=time.monotonic() + 300)["status"] == "fail"
+
+
+def test_train_resume_finds_the_resume_line_anywhere_in_the_log(tmp_path):
+    gpu_check = _gpu_check_module()
+    ctx = gpu_check.Context(out=tmp_path, device="cuda", quick=False, reference_repo=None, weights=None)
+    (tmp_path / "train_resume_ckpt" / "run").mkdir(parents=True)
+    for step in (4, 6):
+        (tmp_path / "train_resume_ckpt" / "run" / f"checkpoint-{step}.ckpt").write_bytes(b"x")
+    log = "INFO resumed from checkpoint-4.ckpt: step 4\n" + "INFO config line that is long enough\n" * 400
+    runs = [{"returncode": 0, "stderr": ""}, {"returncode": 0, "stderr": log}]
+    assert len(log) > 10_000
+    assert gpu_check.check_train_resume(ctx, runs)["status"] == "pass"
+    runs[1]["stderr"] = log.replace("resumed from", "started fresh at")
+    assert gpu_check.check_train_resume(ctx, runs)["status"] == "fail"
+
+
+def test_an_original_that_does_not_import_is_reported_and_left_out(tmp_path):
+    # a checkout whose imports fail here (the original needs diffusers): one warning, and the check goes on
+    # without it instead of failing every side-by-side benchmark on the GPU, our own numbers with them
+    fake = tmp_path / "WF-VAE"
+    (fake / "causalvideovae" / "model" / "vae").mkdir(parents=True)
+    for folder in ("causalvideovae", "causalvideovae/model", "causalvideovae/model/vae"):
+        (fake / folder / "__init__.py").write_text("")
+    (fake / "causalvideovae" / "model" / "vae" / "modeling_wfvae.py").write_text("import not_a_module_here\n")
+    out = tmp_path / "check"
+    proc = _run("--dry_run", "--reference_repo", str(fake), "--cases", "environment", "--out", str(out),
+                tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "does not import" in proc.stderr and "not_a_module_here" in proc.stderr and "Traceback" not in proc.stderr
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["reference_repo"] is None and "not_a_module_here" in report["reference_repo_problem"]
+
+
+def test_train_fp16_passes_only_when_updates_were_applied(tmp_path):
+    # exit status 0 is not enough: a run whose every update was skipped as non-finite also exits 0
+    from wfvae import checkpoint_keys as K
+
+    gpu_check = _gpu_check_module()
+    ctx = gpu_check.Context(out=tmp_path, device="cuda", quick=False, reference_repo=None, weights=None)
+    path = tmp_path / "train_fp16_ckpt" / "run" / "checkpoint-4.ckpt"
+    path.parent.mkdir(parents=True)
+
+    def write(counters):
+        torch.save({K.EPOCH: 0, K.STEP: 4, K.OPTIMIZER_STATE: {}, K.STATE_DICT: {K.GEN_MODEL: {}},
+                    K.SAMPLER_STATE: {}, K.COUNTERS: counters}, path)
+
+    write({"nan_skips_total": 0, "amp_overflows": 1})
+    result = gpu_check.check_train_fp16(ctx, [{"returncode": 0}])
+    assert result["status"] == "pass" and result["updates_applied"] == 3
+    write({"nan_skips_total": 4, "amp_overflows": 0})
+    assert gpu_check.check_train_fp16(ctx, [{"returncode": 0}])["status"] == "fail"
+    assert gpu_check.check_train_fp16(ctx, [{"returncode": 1}])["status"] == "fail"
+    path.unlink()
+    assert gpu_check.check_train_fp16(ctx, [{"returncode": 0}])["status"] == "fail"
