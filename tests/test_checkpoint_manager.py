@@ -124,6 +124,15 @@ def test_ema_update_swap_and_original_key_prefix():
     with pytest.raises(ValueError):
         EMA(model, decay=1.0)
 
+    # a snapshot: later updates must not change what was handed to the checkpoint writer
+    saved = sd["module.0.weight"].clone()
+    assert sd["module.0.weight"].untyped_storage().data_ptr() != ema.shadow["0.weight"].untyped_storage().data_ptr()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    ema.update(model)
+    assert not torch.equal(ema.shadow["0.weight"], saved)
+    torch.testing.assert_close(sd["module.0.weight"], saved, rtol=0, atol=0)
+
 
 def test_checksum_detects_damage_and_latest_falls_back(tmp_path, caplog):
     """Issue 12.9: checkpoints carry a SHA-256; a damaged newest one is skipped for the newest intact one."""

@@ -1,6 +1,8 @@
 """enable_gradient_checkpointing(): same gradients as the plain backward, fewer saved activations."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,42 @@ def test_contiguous_optimizer_and_ema_state_take_the_channels_last_layout(tmp_pa
     ema.load_state_dict({k: v.contiguous() for k, v in ema.state_dict().items()})
     params = dict(model.named_parameters())
     assert all(ema.shadow[n].stride() == params[n].stride() for n in ema.shadow)
+
+
+def test_ddp_gradients_are_views_of_its_buckets_with_the_plain_values(tmp_path):
+    # DDP keeps all-reduce buckets as large as the gradients; with gradient_as_bucket_view each .grad is a
+    # view into them (no second copy of every gradient), in the parameter's layout (channels-last weights),
+    # also after zero_grad(set_to_none=True) between steps. A one-process gloo group, in a child process.
+    script = r"""
+import os, sys, torch, torch.nn as nn, torch.distributed as dist
+from wfvae.distributed import DistEnv
+from wfvae.training.parallel import wrap_generator
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+torch.manual_seed(0)
+model = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv3d(8, 4, 3, padding=1))
+model = model.to(memory_format=torch.channels_last_3d)
+plain = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv3d(8, 4, 3, padding=1))
+plain.load_state_dict(model.state_dict())
+env = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"), backend="gloo")
+wrapped = wrap_generator(model, env, fsdp=False)
+x = torch.randn(2, 3, 3, 6, 6).to(memory_format=torch.channels_last_3d)
+for step in range(2):
+    for m in (model, plain):
+        for p in m.parameters():
+            p.grad = None  # zero_grad(set_to_none=True)
+    wrapped(x + step).square().mean().backward()
+    plain(x + step).square().mean().backward()
+    storages = {p.grad.untyped_storage().data_ptr() for p in model.parameters()}
+    assert len(storages) == 1, f"{len(storages)} gradient storages: not views of one bucket"
+    w = model[0].weight
+    assert w.grad.stride() == w.stride(), (w.grad.stride(), w.stride())
+    for p, q in zip(model.parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-7)
+dist.destroy_process_group()
+print("OK")
+"""
+    from train_utils import subprocess_env
+
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "store")], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]

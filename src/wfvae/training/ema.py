@@ -90,8 +90,14 @@ class EMA:
         return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Shadow tensors keyed ``module.<param name>`` (the original's layout), full and on CPU."""
-        return {MODULE_PREFIX + k: full_tensor(v.detach()).cpu().clone() for k, v in self.shadow.items()}
+        """Shadow tensors keyed ``module.<param name>`` (the original's layout), full and on CPU: one host copy
+        each (``.cpu()`` of a GPU shadow is already a copy; a CPU shadow is cloned, so training goes on
+        without changing the saved values)."""
+        state = {}
+        for k, v in self.shadow.items():
+            full = full_tensor(v.detach())
+            state[MODULE_PREFIX + k] = full.clone() if full.device.type == "cpu" else full.cpu()
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
         """Load shadows saved by :meth:`state_dict` or by the original trainer.

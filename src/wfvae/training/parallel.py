@@ -99,8 +99,11 @@ def wrap_generator(model: nn.Module, env: DistEnv, *, fsdp: bool, find_unused_pa
         return model
     if not fsdp:
         # broadcast_buffers=False: the generator's buffers are constants (wavelet filters).
+        # gradient_as_bucket_view: each .grad is a view into DDP's all-reduce buckets (in the parameter's own
+        # strides, channels-last included) instead of a second copy of every gradient beside them.
         return DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None,
-                   find_unused_parameters=find_unused_parameters, broadcast_buffers=False)
+                   find_unused_parameters=find_unused_parameters, broadcast_buffers=False,
+                   gradient_as_bucket_view=True)
 
     from torch.distributed.device_mesh import init_device_mesh  # lazy: only under --fsdp
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard

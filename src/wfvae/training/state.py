@@ -95,7 +95,9 @@ def capture(parts: TrainingParts, progress: Progress, env: DistEnv, *, config: d
                             K.DISC_OPTIMIZER: parts.opts.disc.state_dict()},
         K.STATE_DICT: {K.GEN_MODEL: full_model_state_dict(parts.model, parts.fsdp),
                        K.DISC_MODEL: parts.loss_fn.state_dict()},
-        K.EMA_STATE: parts.ema.state_dict() if parts.ema is not None else {},
+        # a host copy of every shadow: on rank 0 only, which writes the file (under FSDP gathering it is a
+        # collective, so every rank takes part there)
+        K.EMA_STATE: parts.ema.state_dict() if parts.ema is not None and (parts.fsdp or env.is_main) else {},
         K.SCALER_STATE: parts.opts.scaler.state_dict(),
         K.SAMPLER_STATE: parts.sampler.state_dict(),
         K.RNG_STATES: rng,
