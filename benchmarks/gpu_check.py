@@ -27,6 +27,9 @@ Cases (each in its own process with its own time limit, its log in ``OUT/logs/<c
 * ``chunked``: chunked encode/decode == full pass on CUDA in float64 (the CPU test's 1e-8).
 * ``groupnorm_layout``: ClipGroupNorm's channels-last path against ATen ``group_norm`` plus the copy back to
   channels-last (what the model paid before), fp32 and bf16 autocast: max difference, layout, time.
+* ``chunk_budget``: the ``max_memory_gb`` estimate (``chunk_plan.estimate_call_bytes``) against the real peak
+  CUDA memory of the call (WF-VAE-L and a group-norm WF-VAE, 33x256x256, encode/decode, full and smallest
+  chunk, fp32 and bf16 autocast); passes when every estimate is >= 0.9x the peak.
 * ``attention_kernels``: which SDPA kernels (flash, memory-efficient, cuDNN, math) accept the 4-D
   ``(B*T, 1, HW, C)`` attention of WF-VAE-L's channel width, their time and peak memory, and the default pick.
 * ``train_resume``: ``examples/train_ddp.sh`` on the tiny config with real files: NCCL over 2 processes when
@@ -375,6 +378,58 @@ def case_attention_kernels(ctx: Context) -> dict:
     return {"status": "pass" if fused_ok else "fail", "attention_widths": widths, "rows": rows}
 
 
+def case_chunk_budget(ctx: Context) -> dict:
+    """``max_memory_gb`` on CUDA: the estimate of ``chunk_plan`` against the call's real peak.
+
+    On the CPU the estimate was measured against the process's malloc peak; on CUDA it is reasoned (the twin
+    runs float32 and adds autocast's casts; CUDA autocast also casts norm inputs to float32, and cuDNN's
+    workspace comes from the same allocator, uncounted). This measures it: WF-VAE-L and a group-norm WF-VAE
+    (the CausalVAE's norm), encode and decode, full pass and smallest chunk, fp32 and bf16 autocast; peak =
+    ``max_memory_allocated`` minus what was allocated before the call. Passes when every estimate is at least
+    0.9x the peak (a bound on tensors, 10% left for library scratch space).
+    """
+    torch = _torch()
+    from wfvae.models import build_model
+    from wfvae.models.chunk_plan import estimate_call_bytes, smallest_chunk
+
+    large = json.loads(LARGE_CONFIG.read_text())
+    groupnorm = dict(large, base_channels=64, encoder_energy_flow_hidden_size=64, decoder_energy_flow_hidden_size=64,
+                     norm_type="groupnorm")
+    configs = {"wfvae_large": large, "wfvae_groupnorm_64ch": groupnorm}
+    frames, size = (9, 32) if ctx.quick else (33, 256)
+    if ctx.quick:
+        configs = {"wfvae_small": json.loads((REFERENCE / "wfvae_small" / "config.json").read_text())}
+    rows, ok = [], True
+    for name, config in configs.items():
+        torch.manual_seed(0)
+        model = build_model(config).to(ctx.device).eval()
+        video = torch.rand(1, 3, frames, size, size, device=ctx.device) * 2 - 1
+        for label, low in (("fp32", None), ("bf16_autocast", torch.bfloat16)):
+            with torch.inference_mode(), torch.autocast(ctx.device, dtype=low or torch.float32, enabled=low is not None):
+                z = model.encode(video).moments[:, : model.latent_channels].float()
+                for kind, x in (("encode", video), ("decode", z)):
+                    for chunk in (None, smallest_chunk(model, kind)):
+                        estimate = estimate_call_bytes(model, kind, x.shape, x.dtype, chunk)
+                        row = {"model": name, "dtype": label, "kind": kind, "chunk": chunk,
+                               "shape": list(x.shape), "estimate_mb": round(estimate / 2**20, 1)}
+                        if ctx.device == "cuda":
+                            _sync(ctx)
+                            torch.cuda.reset_peak_memory_stats()
+                            before = torch.cuda.memory_allocated()
+                            out = model.encode(x, chunk_size=chunk) if kind == "encode" else model.decode(x, chunk_size=chunk)
+                            _sync(ctx)
+                            peak = torch.cuda.max_memory_allocated() - before
+                            del out
+                            row.update(peak_mb=round(peak / 2**20, 1), estimate_over_peak=round(estimate / peak, 3))
+                            ok &= estimate >= 0.9 * peak
+                        rows.append(row)
+        del model, video, z
+        if ctx.device == "cuda":
+            torch.cuda.empty_cache()
+    return {"status": "pass" if ok else "fail", "clip": f"{frames}x{size}x{size}", "rows": rows,
+            "note": "peak includes cuDNN workspace, which the estimate does not count"}
+
+
 # --------------------------------------------------------------------------- external-command cases
 def _train_args(ctx: Context, data: Path, ckpt: Path, *extra: str) -> list[str]:
     return ["--model_name", "WFVAE", "--video_path", str(data / "train"), "--eval_video_path", str(data / "val"),
@@ -543,6 +598,7 @@ CASES = [
     Case("chunked", 150, run=case_chunked),
     Case("groupnorm_layout", 60, run=case_groupnorm_layout),
     Case("attention_kernels", 90, run=case_attention_kernels),
+    Case("chunk_budget", 120, run=case_chunk_budget),
     Case("train_resume", 240, command=commands_train_resume, check=check_train_resume, light=False),
     Case("train_fp16", 120, command=commands_train_fp16, check=check_train_fp16, light=False),
     Case("bench_inference", 240, command=commands_bench_inference, check=check_bench_inference, light=False),

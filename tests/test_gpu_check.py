@@ -29,7 +29,7 @@ def test_dry_run_checks_the_plan_on_cpu(tmp_path):
     report = json.loads((out / "gpu_check.json").read_text())
     cases = report["cases"]
     assert list(cases) == ["environment", "parity_fp32", "bf16_psnr", "chunked", "groupnorm_layout",
-                           "attention_kernels", "train_resume", "train_fp16", "bench_inference", "bench_train_step",
+                           "attention_kernels", "chunk_budget", "train_resume", "train_fp16", "bench_inference", "bench_train_step",
                            "train_memory"]
     # the light cases really ran on the CPU (smallest inputs), with the CPU tolerances
     assert cases["parity_fp32"]["status"] == "pass"
@@ -37,6 +37,8 @@ def test_dry_run_checks_the_plan_on_cpu(tmp_path):
     assert cases["chunked"]["status"] == "pass"
     assert 0 < cases["bf16_psnr"]["clips"][0]["psnr_bf16_vs_fp32_db"] < 200
     assert cases["attention_kernels"]["attention_widths"] == [768]  # WF-VAE-L's attention blocks
+    assert cases["chunk_budget"]["status"] == "pass" and len(cases["chunk_budget"]["rows"]) == 8
+    assert all(r["estimate_mb"] > 0 for r in cases["chunk_budget"]["rows"])
     # the GPU commands were built and accepted by their own parsers / the training CLI's --check_only
     for name in ("train_resume", "train_fp16", "bench_inference", "bench_train_step", "train_memory"):
         assert cases[name]["status"] == "planned", cases[name]
