@@ -96,3 +96,21 @@ def test_bad_chunk_sizes():
         model.encode(video, chunk_size=6)
     with pytest.raises(ValueError, match=">= 1"):
         model.decode(torch.zeros(1, 4, 3, 2, 2, dtype=torch.float64), chunk_size=0)
+
+
+def test_chunked_cpu_calls_return_freed_memory_after_each_residual_block(monkeypatch):
+    # glibc keeps what one stage's activations freed while the next, larger stage grows the heap: a chunked
+    # call on CPU trims after every residual block (measured in benchmarks/RESULTS.md); a full pass does not
+    from wfvae.models.layers import blocks, stream
+
+    model = load_model(REFERENCE / "wfvae_small", dtype=torch.float32)
+    resnets = sum(isinstance(m, blocks.ResnetBlock3D) for m in model.decoder.modules())
+    calls = []
+    monkeypatch.setattr(stream, "release_freed_memory", lambda: calls.append(1) or True)
+    z = torch.randn(1, model.latent_channels, 3, 4, 4)
+    with torch.no_grad():
+        full = model.decode(z)
+        assert calls == []
+        chunked = model.decode(z, chunk_size=1)
+    assert len(calls) >= 3 * resnets > 0, (len(calls), resnets)
+    torch.testing.assert_close(chunked, full, rtol=0, atol=1e-5)

@@ -17,7 +17,6 @@ from torch import nn
 from wfvae import checkpoint_keys as K
 from wfvae.errors import CheckpointError, ConfigError
 from wfvae.utils.io import atomic_write_bytes
-from wfvae.utils.memory import release_freed_memory
 
 from .chunk_plan import check_budget, choose_chunk_size
 from .layers import kernel_choice, winograd
@@ -437,11 +436,12 @@ class VideoAutoencoder(nn.Module):
         grew with its length). Each chunk's frames are copied
         into the output as they come (no list of pieces and no final concatenation, which would hold the
         output twice), and on CPU the memory the chunk freed goes back to the operating system before the
-        next one (:func:`~wfvae.utils.memory.release_freed_memory`), so the peak is one chunk's working
-        set plus the causal caches and the output.
+        next one (:func:`~wfvae.utils.memory.release_freed_memory`), and within a chunk after every residual
+        block and decoder stage (``StreamState.release_memory``), so the peak is one stage's working set plus
+        the causal caches and the output.
         """
-        stream = StreamState()
         on_cpu = x.device.type == "cpu"
+        stream = StreamState(release_memory=on_cpu)
         while True:
             stream.new_pass()
             out, filled = None, 0
@@ -458,8 +458,7 @@ class VideoAutoencoder(nn.Module):
                 out[:, :, filled : filled + piece.shape[2]] = piece
                 filled += piece.shape[2]
                 del piece
-                if on_cpu:
-                    release_freed_memory()
+                stream.release_freed_memory()
             if stream.collecting is None:
                 if filled != frames:
                     raise RuntimeError(f"chunked pass produced {filled} frames, expected {frames}")

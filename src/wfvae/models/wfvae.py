@@ -166,7 +166,12 @@ class WFVAEDecoder(nn.Module):
         h = h[:, :-efh]
         for layer in (*self.up1, *self.layer):
             h = layer(h, stream)
-        h = self.conv_out(F.silu(self.norm_out(h, stream)), stream)  # (B, 24, ...) 3D Haar coefficients
+            if stream is not None:
+                stream.release_freed_memory()  # the layer's input and temporaries (upsampling has no own call)
+        h = F.silu(self.norm_out(h, stream))
+        if stream is not None:
+            stream.release_freed_memory()  # the last layer's output, now normalised
+        h = self.conv_out(h, stream)  # (B, 24, ...) 3D Haar coefficients
         h, l1 = align(stream, (self, "l1"), h, l1)
         h = torch.cat([h[:, :3] + l1, h[:, 3:]], dim=1)
         return self.inverse_wavelet_transform_out(h, stream), (l1_coeffs, l2_coeffs)

@@ -12,7 +12,9 @@ freed after one chunk stay resident, fragmented, and the next chunk's different-
 them. Measured on WF-VAE-L (``benchmarks/RESULTS.md``, "Chunked inference memory"), that retention
 was about half of the peak resident growth of a chunked round trip. ``malloc_trim(0)`` hands every
 free page of every heap back (``madvise``) without changing any allocator setting; the next chunk
-faults its pages in again, which costs milliseconds against seconds of convolutions.
+faults its pages in again, which costs milliseconds against seconds of convolutions. Chunked calls on CPU
+also trim inside a chunk, after each residual block and decoder stage (``StreamState.release_memory``):
+one stage's freed activations otherwise stay resident under the next, larger stage's.
 """
 
 from __future__ import annotations

@@ -83,7 +83,10 @@ class ResnetBlock3D(nn.Module):
         del window
         if self.in_channels != self.out_channels:
             x = self.nin_shortcut(x, stream)
-        return h.add_(x)  # reuse h's memory (x + h == h + x exactly)
+        out = h.add_(x)  # reuse h's memory (x + h == h + x exactly)
+        if stream is not None:
+            stream.release_freed_memory()  # what this block's norm and convolution outputs freed
+        return out
 
 
 class AttentionBase(nn.Module):

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from wfvae.utils.memory import release_freed_memory
+
 
 class StreamState:
     """Per-call carried frames for every causal layer, plus whether the current chunk is the last.
@@ -29,10 +31,16 @@ class StreamState:
     (statistics, or its whole low-resolution input) and stops the chunk there
     (:class:`StopChunk`); once every such layer is resolved, a final pass produces the output.
     Causal caches are per pass (:meth:`new_pass`); resolutions persist across passes.
+
+    ``release_memory``: residual blocks and the decoder's full-resolution stages call
+    :meth:`release_freed_memory` when they end, which hands the C heap's freed pages back to the operating
+    system. Set for chunked calls on CPU, where glibc's heap keeps what one stage's activations freed while
+    the next, larger stage grows it (``benchmarks/RESULTS.md``, "Chunked inference memory").
     """
 
-    def __init__(self) -> None:
+    def __init__(self, release_memory: bool = False) -> None:
         self._entries: dict[Any, Any] = {}
+        self.release_memory = release_memory
         self.final: bool = False
         self.resolved: dict[Any, Any] = {}
         self.collecting: Any = None
@@ -43,6 +51,12 @@ class StreamState:
 
     def set(self, key: Any, value: Any) -> None:
         self._entries[key] = value
+
+    def release_freed_memory(self) -> None:
+        """Return the C heap's free pages to the operating system if this call asked for it
+        (``release_memory``); a no-op otherwise."""
+        if self.release_memory:
+            release_freed_memory()
 
     def new_pass(self) -> None:
         self._entries = {}
