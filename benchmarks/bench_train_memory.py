@@ -86,6 +86,7 @@ def _load(name: str, job: dict):
         from wfvae.models import load_model
 
         model = load_model(job["weights"]).use_channels_last_weights()  # as `wfvae train` builds it (no --fsdp)
+        model.set_conv_backward_layout(job.get("conv_backward", "channels_last"))  # wfvae train --conv_backward
     return model.to(job["device"]).train()
 
 
@@ -214,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allocator", default="fixed", choices=["fixed", "default"],
                    help="fixed: ours (and original_fixed) with the fixed glibc mmap threshold of wfvae train "
                         "--release_host_memory; default: glibc's defaults everywhere")
+    p.add_argument("--conv_backward", default="channels_last", choices=["channels_last", "contiguous", "auto"],
+                   help="ours: layout of the convolutions' backward pass (wfvae train --conv_backward). auto: the time "
+                        "run goes first and its warm-up step times the layouts into a scratch cache that the memory "
+                        "runs then read, so no timing falls into a measured step")
     p.add_argument("--skip_time", action="store_true")
     p.add_argument("--skip_memory", action="store_true")
     p.add_argument("--json", default=str(ROOT / "benchmarks/results/train_memory.json"))
@@ -233,6 +238,9 @@ def main(argv=None) -> int:
         p.error("--device cuda: no CUDA device is visible")
     if args.device == "cuda":
         args.allocator = "default"  # glibc's mmap threshold is host memory: it has no say in a CUDA step's peak
+    if args.conv_backward == "auto" and (args.skip_time or args.warmup < 1):
+        p.error("--conv_backward auto needs the time run with --warmup >= 1: its warm-up step makes the choices "
+                "that the memory runs read")
 
     from wfvae.models import build_model
 
@@ -246,13 +254,21 @@ def main(argv=None) -> int:
         job = {"weights": str(weights), "reference_repo": args.reference_repo, "frames": args.frames,
                "size": args.size, "batch": args.batch, "dtype": args.dtype, "device": args.device,
                "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
-               "memory_warmup": args.memory_warmup, "allocator": args.allocator}
+               "memory_warmup": args.memory_warmup, "allocator": args.allocator,
+               "conv_backward": args.conv_backward}
+        cache = Path(scratch) / "conv_kernels.json"
+        if args.conv_backward == "auto":  # the workers time and read the layouts here, not in the user's cache
+            os.environ["WFVAE_CONV_CACHE"] = str(cache)
+            result["time"] = run_worker(dict(job, what="time"))
+            entries = json.loads(cache.read_text())["entries"] if cache.exists() else {}
+            result["conv_backward_choices"] = {k.rsplit(" | ", 1)[-1]: v for k, v in entries.items()
+                                               if " | bwd" in k}
         if not args.skip_memory:
             result["memory"] = {}
             for v in variants:
                 result["memory"][v] = run_worker(dict(job, what="memory", variant=v))
                 print(f"memory {v:9s}: {result['memory'][v]}", flush=True)
-        if not args.skip_time:
+        if not args.skip_time and "time" not in result:
             result["time"] = run_worker(dict(job, what="time"))
     info["loadavg_end"] = os.getloadavg()
     print(format_table(args, result, variants))
@@ -268,7 +284,8 @@ def format_table(args, result: dict, variants: list[str]) -> str:
     cpu = {v: statistics.median(t) for v, t in tim.get("cpu_times_s", {}).items()}
     ref = "original" if "original" in variants else "ours"
     lines = [f"{Path(args.config).name}, {args.frames}x{args.size}x{args.size}, batch {args.batch}, {args.dtype}, "
-             f"{args.device}, allocator {args.allocator}; {describe(result['machine'])}",
+             f"{args.device}, allocator {args.allocator}, conv backward {args.conv_backward}; "
+             f"{describe(result['machine'])}",
              f"| variant | peak growth MB | vs {ref} | step s (median) | vs {ref} | CPU s | vs {ref} |",
              "|---|---|---|---|---|---|---|"]
     for v in variants:

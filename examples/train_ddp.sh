@@ -13,6 +13,8 @@
 #   bash examples/train_ddp.sh --gradient_checkpointing
 #   # CPU training: give host memory each step frees back to the OS (lower peak RSS; small tensors get slower)
 #   bash examples/train_ddp.sh --release_host_memory
+#   # CPU training in fp32: compute convolution gradients in whichever layout is faster on this CPU (timed once)
+#   bash examples/train_ddp.sh --mix_precision fp32 --conv_backward auto
 #   # after a crash or pre-emption, continue from the newest checkpoint of the run:
 #   bash examples/train_ddp.sh --resume_from_checkpoint latest
 #

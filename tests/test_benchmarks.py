@@ -114,6 +114,16 @@ def test_bench_train_memory_runs_and_cleans_up(tmp_path, tiny_config):
     assert result["time"]["grad_max_rel_diff_ckpt_vs_plain"] == 0.0
     assert result["machine"]["cpu"] and isinstance(result["machine"]["isa_flags"], list)
 
+    # --conv_backward auto: the time run's warm-up step times the layouts, the memory runs read its choices
+    out_auto = tmp_path / "train_memory_auto.json"
+    _run("bench_train_memory.py", tmp_path, "--config", str(tiny_config), "--frames", "5", "--size", "32",
+         "--repeats", "1", "--warmup", "1", "--conv_backward", "auto", "--json", str(out_auto))
+    auto = json.loads(out_auto.read_text())
+    choices = auto["conv_backward_choices"]
+    assert choices and all(c["kernel"] in ("channels_last", "contiguous") for c in choices.values())
+    assert any(k.startswith("bwd3d") for k in choices) and any(k.startswith("bwd2d") for k in choices)
+    assert set(auto["memory"]) == {"ours", "ours_ckpt"} and auto["time"]["grad_max_rel_diff_ckpt_vs_plain"] == 0.0
+
     # the GPU check's summary of the same JSON (benchmarks/gpu_check.py, case train_memory) reads this format;
     # an "original" entry (here ours again, scaled) exercises the ratios and the target verdict
     sys.path.insert(0, str(REPO / "benchmarks"))

@@ -6,6 +6,7 @@ with only paths, sizes and step counts overridden, as a user would.
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -23,9 +24,11 @@ from train_utils import (
 from wfvae.training.checkpoint import CheckpointManager
 
 
-def _script(data, ckpt_dir, *extra, nproc: int = 2) -> subprocess.CompletedProcess:
+def _script(data, ckpt_dir, *extra, nproc: int = 2, conv_cache=None) -> subprocess.CompletedProcess:
     env = subprocess_env()
     env.update(PYTHON=PYTHON, NPROC_PER_NODE=str(nproc), MASTER_PORT=str(free_port()))
+    if conv_cache is not None:
+        env["WFVAE_CONV_CACHE"] = str(conv_cache)
     args = ["--video_path", data["train"], "--eval_video_path", data["val"], "--model_config", data["config"],
             "--num_frames", "9", "--resolution", "32", "--eval_num_frames", "9", "--eval_resolution", "32",
             "--eval_batch_size", "1", "--eval_subset_size", "2", "--report_to", "none", "--mix_precision", "fp32",
@@ -40,11 +43,14 @@ def _script(data, ckpt_dir, *extra, nproc: int = 2) -> subprocess.CompletedProce
 def test_train_ddp_script_two_processes_save_and_resume(tmp_path):
     data = make_data(tmp_path / "data")
     ckpt_dir = tmp_path / "ckpt"
-    # the first run recomputes its blocks in the backward pass (gradient checkpointing under DDP) and returns
-    # freed host memory to the OS
-    first = _script(data, ckpt_dir, "--max_steps", "4", "--gradient_checkpointing", "--release_host_memory")
+    # the first run recomputes its blocks in the backward pass (gradient checkpointing under DDP), returns
+    # freed host memory to the OS and times the convolutions' backward layouts
+    first = _script(data, ckpt_dir, "--max_steps", "4", "--gradient_checkpointing", "--release_host_memory",
+                    "--conv_backward", "auto", conv_cache=tmp_path / "conv_kernels.json")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     assert "glibc mmap threshold fixed at 128 KiB" in first.stderr
+    choices = json.loads((tmp_path / "conv_kernels.json").read_text())["entries"]
+    assert any("| bwd3d " in key for key in choices) and any("| bwd2d " in key for key in choices)
     run = run_dir(ckpt_dir)
     assert [s for s, _ in CheckpointManager(run).list()] == [2, 4]
 

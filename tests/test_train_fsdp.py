@@ -90,8 +90,10 @@ def test_fsdp_two_processes_save_resume_under_ddp_and_match_ddp(tmp_path):
     resume = {"resume_from_checkpoint": ckpt_a_path, "max_steps": 3, "save_ckpt_step": 3, "eval_steps": 1000}
     ddp = _torchrun(data, tmp_path / "b", **resume)
     assert "resumed from" in ddp.stderr and "FSDP" not in ddp.stderr
-    # C also recomputes its blocks (gradient checkpointing): the step must still equal B's plain DDP step
-    fsdp = _torchrun(data, tmp_path / "c", fsdp=True, gradient_checkpointing=True, **resume)
+    # C also recomputes its blocks (gradient checkpointing) and computes the convolutions' gradients in the
+    # default layout (--conv_backward contiguous): the step must still equal B's plain DDP step
+    fsdp = _torchrun(data, tmp_path / "c", fsdp=True, gradient_checkpointing=True, conv_backward="contiguous",
+                     **resume)
     assert "resumed from" in fsdp.stderr and "FSDP: generator sharded over 2 ranks" in fsdp.stderr
     ckpt_b = load_ckpt(run_dir(tmp_path / "b") / "checkpoint-3.ckpt")
     ckpt_c = load_ckpt(run_dir(tmp_path / "c") / "checkpoint-3.ckpt")

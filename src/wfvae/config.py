@@ -101,6 +101,13 @@ class TrainConfig(DeviceOptions, OfflineOptions, ResizeOptions):
         "instead of staying resident: for training on the CPU, where glibc's retention can exceed the step's live "
         "tensors (benchmarks/RESULTS.md). Costs a fresh mapping (page faults) per allocation of 128 KiB or more, "
         "which can slow down steps made of many small tensors. No effect without glibc.")
+    conv_backward: Literal["channels_last", "contiguous", "auto"] = option(
+        "channels_last", "CPU, --mix_precision fp32: memory layout in which convolution gradients are computed. The "
+        "model runs channels-last, and on some CPUs oneDNN's channels-last backward kernels are slower than its "
+        "default-layout ones (1.24-1.6x on an AVX2 AMD Zen 3, benchmarks/RESULTS.md): 'auto' times both on the first "
+        "backward call of each convolution shape and keeps the faster (cached with the --conv choices), "
+        "'contiguous' always uses the default layout. Gradients agree up to float rounding. No effect on GPUs "
+        "or under bf16/fp16 autocast.")
     fsdp_param_dtype: Literal["fp32", "bf16"] = option(
         "fp32", "With --fsdp: dtype in which the sharded parameters are gathered and used in forward and backward "
         "(FSDP2 MixedPrecisionPolicy). bf16 halves the all-gather traffic and the gathered weights; gradients are "

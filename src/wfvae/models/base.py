@@ -19,7 +19,7 @@ from wfvae.errors import CheckpointError, ConfigError
 from wfvae.utils.io import atomic_write_bytes
 
 from .chunk_plan import check_budget, choose_chunk_size
-from .layers import kernel_choice, winograd
+from .layers import conv_backward, kernel_choice, winograd
 from .layers.blocks import AttentionBase, AttnBlock3D, ResnetBlock2D, ResnetBlock3D
 from .layers.checkpointing import is_checkpointable, set_gradient_checkpointing
 from .layers.conv import CausalConv3d, FrameConv2d, to_channels_last
@@ -167,6 +167,23 @@ class VideoAutoencoder(nn.Module):
                 module.conv_kernel = mode
             elif isinstance(module, FrameConv2d) and winograd.supports(module):
                 module.conv_kernel = mode
+        return self
+
+    def set_conv_backward_layout(self, mode: str = "auto") -> VideoAutoencoder:
+        """Choose the memory layout in which CPU float32 training computes convolution gradients; returns ``self``.
+
+        The activations run channels-last, and oneDNN's channels-last backward kernels are slower than its
+        default-layout ones on some CPUs (1.24-1.6x on an AVX2 Zen 3 for WF-VAE-L's 3x3x3 layers; measured in
+        ``benchmarks/RESULTS.md``). ``"auto"`` times both on the first backward call of each convolution shape
+        and keeps the faster (cached like :meth:`set_conv_kernels`' choices); ``"contiguous"`` always runs the
+        backward in the default layout; ``"channels_last"`` (the default of a fresh model) is PyTorch's own.
+        Gradients agree up to float rounding; GPUs, bf16 autocast and inference are not affected
+        (:mod:`wfvae.models.layers.conv_backward`). ``wfvae train`` passes ``--conv_backward``.
+        """
+        conv_backward.check_mode(mode)
+        for module in self.modules():
+            if isinstance(module, (CausalConv3d, FrameConv2d)):
+                module.backward_layout = mode
         return self
 
     def _tile_geometry(self) -> tuple[int, int]:

@@ -134,6 +134,7 @@ def build_model(cfg: TrainConfig, ckpt: dict | None) -> VideoAutoencoder:
         raise ConfigError(f"--model_name {cfg.model_name} but the weights are a {type(model).__name__}")
     if not cfg.fsdp:  # FSDP2 shards parameters along dim 0 of their default layout
         model.use_channels_last_weights()
+    model.set_conv_backward_layout(cfg.conv_backward)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     if cfg.freeze_encoder:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernel_choice, winograd
+from . import conv_backward, kernel_choice, winograd
 from .stream import StreamState, causal_time_window
 from .twin import kernel_device
 
@@ -57,7 +57,7 @@ def takes_native_fallback(x: torch.Tensor, conv: nn.Conv3d) -> bool:
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
-def conv3d_onednn(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
+def conv3d_onednn(x: torch.Tensor, conv: nn.Conv3d, backward_layout: str = "channels_last") -> torch.Tensor:
     """``conv(x)``, run by oneDNN also where PyTorch would take slow_conv3d (:func:`takes_native_fallback`).
 
     There it computes the same convolution as two groups over ``x`` stacked twice along channels: group g
@@ -66,10 +66,14 @@ def conv3d_onednn(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     for grouped convolutions. Memory: the stacked input, twice the input's size (kept for the backward pass
     in training), instead of a column buffer 27 times its size at every call; the effect on a training step
     is in ``benchmarks/RESULTS.md`` ("Training-step memory", session 8). An odd number of output channels
-    keeps PyTorch's own choice.
+    keeps PyTorch's own choice. ``backward_layout``: see :mod:`~wfvae.models.layers.conv_backward`.
     """
     if conv.out_channels % 2 == 0 and takes_native_fallback(x, conv):
-        return F.conv3d(torch.cat((x, x), 1), conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, 2)
+        return conv_backward.convolve(torch.cat((x, x), 1), conv.weight, conv.bias, conv.stride, conv.padding,
+                                      conv.dilation, 2, backward_layout)
+    if backward_layout != "channels_last" and conv.padding_mode == "zeros":
+        return conv_backward.convolve(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                                      conv.groups, backward_layout)
     return conv(x)
 
 
@@ -100,6 +104,7 @@ class FrameConv2d(nn.Conv2d):
     """
 
     conv_kernel = "direct"  # or "winograd" / "auto" on CPU without gradients; see VideoAutoencoder.set_conv_kernels
+    backward_layout = "channels_last"  # CPU float32 training; see VideoAutoencoder.set_conv_backward_layout
 
     def forward(self, x: torch.Tensor, stream: StreamState | None = None) -> torch.Tensor:
         if self.conv_kernel != "direct" and winograd.applies(x, 1):
@@ -109,9 +114,15 @@ class FrameConv2d(nn.Conv2d):
 
     def _direct(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:
-            return super().forward(x)
+            return self._conv2d(x)
         # small inputs may take a non-oneDNN kernel that returns NCHW; keep the video channels-last
-        return images_to_frames(to_channels_last(super().forward(frames_to_images(x))), x.shape[0])
+        return images_to_frames(to_channels_last(self._conv2d(frames_to_images(x))), x.shape[0])
+
+    def _conv2d(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backward_layout == "channels_last" or self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super().forward(x)
+        return conv_backward.convolve(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                      self.groups, self.backward_layout)
 
     def _winograd(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight.unsqueeze(2)  # a 3D kernel with one time tap
@@ -135,6 +146,7 @@ class CausalConv3d(nn.Module):
     """
 
     conv_kernel = "direct"  # or "winograd" / "auto" on CPU without gradients; see VideoAutoencoder.set_conv_kernels
+    backward_layout = "channels_last"  # CPU float32 training; see VideoAutoencoder.set_conv_backward_layout
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True):
         super().__init__()
@@ -179,7 +191,7 @@ class CausalConv3d(nn.Module):
             conv, key = self.conv, kernel_choice.call_key("conv3d", x, self.conv.weight)
             return _run_kernel(self.conv_kernel, x, key, lambda: conv3d_onednn(x, conv),
                                              lambda: winograd.conv3d(x, conv.weight, conv.bias))
-        return conv3d_onednn(x, self.conv)
+        return conv3d_onednn(x, self.conv, self.backward_layout)
 
     def _no_frames(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv

@@ -17,7 +17,9 @@ the CPU model, the torch version, the thread count, any ISA caps in the environm
 the file carries a version that changes with the kernels' code. A cached choice is never timed again behind
 the user's back, so that runs on one machine compute the same bits. A choice timed while the machine was
 oversubscribed (:func:`machine_busy`) is marked ``"busy": true`` in the file and a warning says so: delete
-the file (or point ``$WFVAE_CONV_CACHE`` elsewhere) to measure again on a quiet machine.
+the file (or point ``$WFVAE_CONV_CACHE`` elsewhere) to measure again on a quiet machine. The same chooser and
+file keep the layout chosen for each convolution's backward pass in CPU training
+(:mod:`~wfvae.models.layers.conv_backward`, :meth:`KernelChooser.run_named`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ from wfvae.downloads import default_cache_dir
 logger = logging.getLogger(__name__)
 
 MODES = ("auto", "direct", "winograd")
+#: Every choice the cache may hold: forward kernels, and the layouts of a training convolution's backward pass
+#: (:mod:`wfvae.models.layers.conv_backward`, keys of kind ``bwd2d``/``bwd3d``).
+KERNEL_NAMES = ("direct", "winograd", "channels_last", "contiguous")
 CACHE_ENV = "WFVAE_CONV_CACHE"
 #: Version of the cache file; raised whenever a kernel's implementation changes, so that choices timed
 #: against an older kernel are measured again (2: Winograd's weight transform and batched GEMMs; 3: small
@@ -117,6 +122,28 @@ class KernelChooser:
             return winograd() if entry["kernel"] == "winograd" else direct()
         return self._measure(key, direct, winograd)
 
+    def run_named(self, mode: str, call_key: str, candidates: dict[str, Callable[[], object]]) -> object:
+        """Like :meth:`run` for any set of interchangeable computations: ``mode`` names one of ``candidates``,
+        or is ``"auto"``: the first call of ``call_key`` runs every candidate, runs the slowest once more (its
+        first time may hold oneDNN's one-off kernel creation), keeps the fastest for later calls and returns
+        its result."""
+        if mode in candidates:
+            return candidates[mode]()
+        key = f"{machine_key()} | {call_key}"
+        self._load_disk_cache()
+        entry = self._choices.get(key)
+        if entry is not None and entry["kernel"] in candidates:
+            return candidates[entry["kernel"]]()
+        times, outs = {}, {}
+        for name, fn in candidates.items():
+            times[name], outs[name] = _timed(fn)
+        slowest = max(times, key=times.__getitem__)
+        t_again, outs[slowest] = _timed(candidates[slowest])
+        times[slowest] = min(times[slowest], t_again)
+        best = min(times, key=times.__getitem__)
+        self._record(key, best, times)
+        return outs[best]
+
     def _measure(self, key: str, direct, winograd) -> torch.Tensor:
         t_direct, out_direct = _timed(direct)
         t_wino, out_wino = _timed(winograd)
@@ -125,18 +152,21 @@ class KernelChooser:
             t_again, out_direct = _timed(direct)
             t_direct = min(t_direct, t_again)
         kernel = "winograd" if t_wino < t_direct else "direct"
+        self._record(key, kernel, {"direct": t_direct, "winograd": t_wino})
+        return out_wino if kernel == "winograd" else out_direct
+
+    def _record(self, key: str, kernel: str, times: dict[str, float]) -> None:
         busy = machine_busy()
-        self._choices[key] = {"kernel": kernel, "direct_s": round(t_direct, 6), "winograd_s": round(t_wino, 6),
+        self._choices[key] = {"kernel": kernel, **{f"{name}_s": round(t, 6) for name, t in times.items()},
                               "busy": busy}
         if busy and not self._warned_busy:
             self._warned_busy = True
-            logger.warning("timing convolution kernels (--conv auto) while the machine is oversubscribed (load "
+            logger.warning("timing convolution kernels (--conv auto, --conv_backward auto) while the machine is oversubscribed (load "
                            "average %.1f on %d CPUs): the choices may be wrong for a quiet machine and are kept "
                            "in %s; delete that file to measure again", os.getloadavg()[0], os.cpu_count() or 1,
                            default_cache_path() or "memory")
-        logger.debug("conv kernel for %s: %s (direct %.4f s, winograd %.4f s)", key, kernel, t_direct, t_wino)
+        logger.debug("conv kernel for %s: %s (%s)", key, kernel, times)
         self._save_disk_cache(key)
-        return out_wino if kernel == "winograd" else out_direct
 
     # ------------------------------------------------------------------ inspection
     def choices(self) -> dict[str, dict]:
@@ -203,8 +233,7 @@ def _read(path: Path) -> dict[str, dict]:
         return {}
     if not isinstance(data, dict) or data.get("version") != _FORMAT_VERSION or not isinstance(data.get("entries"), dict):
         return {}
-    return {k: v for k, v in data["entries"].items()
-            if isinstance(v, dict) and v.get("kernel") in ("direct", "winograd")}
+    return {k: v for k, v in data["entries"].items() if isinstance(v, dict) and v.get("kernel") in KERNEL_NAMES}
 
 
 CHOOSER = KernelChooser()
