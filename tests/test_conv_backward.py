@@ -99,6 +99,13 @@ def test_inference_bf16_and_default_layout_calls_are_untouched():
     assert not conv_backward.applies(x.contiguous(), w.detach().contiguous().requires_grad_(True))
     y = conv_backward.convolve(x, w, None, (1, 1, 1), (0, 1, 1), (1, 1, 1), 1, "contiguous")
     assert y.grad_fn is not None and "LayoutBackward" in type(y.grad_fn).__name__
+    # integer geometry as F.conv3d takes it; string padding is left to PyTorch
+    y_int = conv_backward.convolve(x, w, None, 1, 1, 1, 1, "contiguous")
+    y_int.sum().backward()
+    torch.testing.assert_close(w.grad, torch.autograd.grad(torch.nn.functional.conv3d(x, w, padding=1).sum(), w)[0],
+                               rtol=1e-5, atol=1e-5)
+    y_same = conv_backward.convolve(x, w, None, 1, "same", 1, 1, "contiguous")
+    assert y_same.shape == x.shape[:1] + (8,) + x.shape[2:] and "LayoutBackward" not in type(y_same.grad_fn).__name__
     with pytest.raises(ValueError, match="must be one of"):
         build_model(json.loads((ROOT / "examples/configs/wfvae_tiny.json").read_text())).set_conv_backward_layout("x")
 

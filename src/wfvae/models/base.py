@@ -170,7 +170,9 @@ class VideoAutoencoder(nn.Module):
         return self
 
     def set_conv_backward_layout(self, mode: str = "auto") -> VideoAutoencoder:
-        """Choose the memory layout in which CPU float32 training computes convolution gradients; returns ``self``.
+        """Choose the memory layout in which CPU float32 training computes the gradients of the 3x3(x3)
+        convolutions (every ``CausalConv3d`` and ``FrameConv2d``; plain ``nn.Conv2d`` layers such as the
+        stride-2 spatial downsampling keep PyTorch's backward); returns ``self``.
 
         The activations run channels-last, and oneDNN's channels-last backward kernels are slower than its
         default-layout ones on some CPUs (1.24-1.6x on an AVX2 Zen 3 for WF-VAE-L's 3x3x3 layers; measured in

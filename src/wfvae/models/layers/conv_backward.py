@@ -15,7 +15,11 @@ training step slower than the original's there (``benchmarks/RESULTS.md``, "Trai
   they would without it). The copies are a few activation-sized temporaries per call, freed at once;
 * ``"auto"``: the first backward call of each shape computes the gradients both ways, keeps the faster (the
   chooser and cache file of :mod:`~wfvae.models.layers.kernel_choice`, keys ``bwd2d``/``bwd3d``), and later calls
-  run the chosen one only. A cached choice is not timed again, so runs on one machine compute the same bits.
+  run the chosen one only. A cached choice is not timed again, so runs on one machine compute the same bits;
+  but ranks of one run time on their own and the file keeps the last writer's choice, so a resumed multi-rank
+  run may use another layout than a rank did before (float rounding, not correctness). That first call
+  computes the gradients three times and holds both layouts' results at once: the first step is slower and
+  peaks higher.
 
 Only float32 CPU convolutions that record gradients, outside autocast, with channels-last input or weight are
 affected; everything else (GPUs, bf16 autocast, inference) runs PyTorch's convolution unchanged. Both layouts
@@ -53,16 +57,21 @@ def applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding, dilation,
              groups: int, mode: str = "channels_last") -> torch.Tensor:
     """``F.conv3d`` (5-D ``x``) or ``F.conv2d`` (4-D) whose backward pass runs in the layout ``mode`` picks."""
-    if mode == "channels_last" or not applies(x, weight):
+    if mode == "channels_last" or isinstance(padding, str) or not applies(x, weight):
         conv = F.conv3d if x.dim() == 5 else F.conv2d
         return conv(x, weight, bias, stride, padding, dilation, groups)
-    return _LayoutBackward.apply(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups, mode)
+    n = x.dim() - 2
+    stride, padding, dilation = (tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
+                                 for v in (stride, padding, dilation))
+    return _LayoutBackward.apply(x, weight, bias, stride, padding, dilation, groups, mode)
 
 
-def call_key(x: torch.Tensor, weight: torch.Tensor, stride, padding, groups: int) -> str:
+def call_key(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation, groups: int) -> str:
+    """What decides the two layouts' speed: kind, shapes, dtype, the input's and weight's layouts, geometry."""
     kind = "bwd3d" if x.dim() == 5 else "bwd2d"
-    return (f"{kind} x{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} w{tuple(weight.shape)} "
-            f"s{tuple(stride)} p{tuple(padding)} g{groups}")
+    layouts = ("cl" if _channels_last(x) else "c") + ("cl" if _channels_last(weight) else "c")
+    return (f"{kind} x{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} w{tuple(weight.shape)} {layouts} "
+            f"s{tuple(stride)} p{tuple(padding)} d{tuple(dilation)} g{groups}")
 
 
 def _like(t: torch.Tensor | None, ref: torch.Tensor) -> torch.Tensor | None:
@@ -101,7 +110,7 @@ class _LayoutBackward(torch.autograd.Function):
 
         runs = {"contiguous": lambda: run("contiguous"), "channels_last": lambda: run("channels_last")}
         if mode == "auto":
-            key = call_key(x, weight, stride, padding, groups)
+            key = call_key(x, weight, stride, padding, dilation, groups)
             gi, gw, gb = kernel_choice.CHOOSER.run_named("auto", key, runs)
         else:
             gi, gw, gb = runs[mode]()

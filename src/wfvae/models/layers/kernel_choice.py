@@ -102,7 +102,7 @@ class KernelChooser:
     """Per-shape kernel choices with the timings they were based on; one per process (:data:`CHOOSER`)."""
 
     def __init__(self) -> None:
-        self._choices: dict[str, dict] = {}  # full key -> {"kernel", "direct_s", "winograd_s", "busy"}
+        self._choices: dict[str, dict] = {}  # full key -> {"kernel", "<candidate>_s" per candidate timed, "busy"}
         self._loaded_from: Path | None = None
         self._warned_busy = False
         self._lock = threading.Lock()
