@@ -256,8 +256,8 @@ def main(argv=None) -> int:
                "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
                "memory_warmup": args.memory_warmup, "allocator": args.allocator,
                "conv_backward": args.conv_backward}
-        cache = Path(scratch) / "conv_kernels.json"
         if args.conv_backward == "auto":  # the workers time and read the layouts here, not in the user's cache
+            cache = Path(scratch) / "conv_kernels.json"
             os.environ["WFVAE_CONV_CACHE"] = str(cache)
             result["time"] = run_worker(dict(job, what="time"))
             entries = json.loads(cache.read_text())["entries"] if cache.exists() else {}

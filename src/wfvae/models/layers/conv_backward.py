@@ -111,7 +111,7 @@ class _LayoutBackward(torch.autograd.Function):
         runs = {"contiguous": lambda: run("contiguous"), "channels_last": lambda: run("channels_last")}
         if mode == "auto":
             key = call_key(x, weight, stride, padding, dilation, groups)
-            gi, gw, gb = kernel_choice.CHOOSER.run_named("auto", key, runs)
+            gi, gw, gb = kernel_choice.CHOOSER.run_named(key, runs)
         else:
             gi, gw, gb = runs[mode]()
         return gi, gw, gb, None, None, None, None, None

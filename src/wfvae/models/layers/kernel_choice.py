@@ -24,6 +24,7 @@ file keep the layout chosen for each convolution's backward pass in CPU training
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -62,6 +63,7 @@ def check_mode(mode: str) -> str:
     return mode
 
 
+@functools.cache  # asked at every "auto" call; the CPU does not change under a running process
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -122,13 +124,10 @@ class KernelChooser:
             return winograd() if entry["kernel"] == "winograd" else direct()
         return self._measure(key, direct, winograd)
 
-    def run_named(self, mode: str, call_key: str, candidates: dict[str, Callable[[], object]]) -> object:
-        """Like :meth:`run` for any set of interchangeable computations: ``mode`` names one of ``candidates``,
-        or is ``"auto"``: the first call of ``call_key`` runs every candidate, runs the slowest once more (its
-        first time may hold oneDNN's one-off kernel creation), keeps the fastest for later calls and returns
-        its result."""
-        if mode in candidates:
-            return candidates[mode]()
+    def run_named(self, call_key: str, candidates: dict[str, Callable[[], object]]) -> object:
+        """``"auto"`` of :meth:`run` for any set of interchangeable computations: the first call of ``call_key``
+        runs every candidate, runs the slowest once more (its first time may hold oneDNN's one-off kernel
+        creation), keeps the fastest for later calls and returns its result."""
         key = f"{machine_key()} | {call_key}"
         self._load_disk_cache()
         entry = self._choices.get(key)
