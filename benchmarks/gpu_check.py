@@ -88,6 +88,15 @@ class Case:
     command: Callable[["Context"], list[list[str]]] | None = None  # external commands, run in order
     check: Callable[["Context", list], dict] | None = None  # reads the commands' outputs
     light: bool = True  # cheap enough to run on the CPU in --dry_run
+    requires: tuple[str, ...] = ()  # modules beyond torch and wfvae's import needs; the case is skipped without them
+
+
+def _missing_modules(case: Case) -> list[str]:
+    """The modules ``case`` needs that this Python cannot import (say, PyAV on a GPU image that lacks it and
+    where no wheel was carried; see benchmarks/gpu_carry.sh)."""
+    import importlib.util
+
+    return [m for m in case.requires if importlib.util.find_spec(m) is None]
 
 
 @dataclass
@@ -594,15 +603,18 @@ def check_train_memory(ctx: Context, runs: list) -> dict:
 CASES = [
     Case("environment", 60, run=case_environment),
     Case("parity_fp32", 120, run=case_parity_fp32),
-    Case("bf16_psnr", 120, run=case_bf16_psnr),
+    Case("bf16_psnr", 120, run=case_bf16_psnr, requires=("av",)),  # writes and reads real H.264 files
     Case("chunked", 150, run=case_chunked),
     Case("groupnorm_layout", 60, run=case_groupnorm_layout),
     Case("attention_kernels", 90, run=case_attention_kernels),
     Case("chunk_budget", 120, run=case_chunk_budget),
-    Case("train_resume", 240, command=commands_train_resume, check=check_train_resume, light=False),
-    Case("train_fp16", 120, command=commands_train_fp16, check=check_train_fp16, light=False),
-    Case("bench_inference", 240, command=commands_bench_inference, check=check_bench_inference, light=False),
-    Case("bench_train_step", 180, command=commands_bench_train_step, check=check_bench_train_step, light=False),
+    Case("train_resume", 240, command=commands_train_resume, check=check_train_resume, light=False,
+         requires=("av", "lpips")),  # a folder of real video files; the perceptual loss (random trunk)
+    Case("train_fp16", 120, command=commands_train_fp16, check=check_train_fp16, light=False, requires=("av", "lpips")),
+    Case("bench_inference", 240, command=commands_bench_inference, check=check_bench_inference, light=False,
+         requires=("av",)),  # it loads the model through wfvae.inference, which writes videos
+    Case("bench_train_step", 180, command=commands_bench_train_step, check=check_bench_train_step, light=False,
+         requires=("av", "lpips")),  # our Trainer reads a synthetic folder of real video files
     Case("train_memory", 300, command=commands_train_memory, check=check_train_memory, light=False),
 ]
 CASE_NAMES = [c.name for c in CASES]
@@ -711,7 +723,10 @@ def dry_run(args, ctx: Context, cases: list[Case]) -> int:
     checked: set[tuple[str, ...]] = set()
     for case in cases:
         start = time.perf_counter()
-        if case.run is not None:
+        missing = _missing_modules(case)
+        if missing:
+            result = {"status": "skipped", "why": _missing_why(missing)}
+        elif case.run is not None:
             try:
                 result = case.run(ctx)
             except Exception as e:  # noqa: BLE001 - a dry run reports every failing case, then exits 1
@@ -743,7 +758,7 @@ def dry_run(args, ctx: Context, cases: list[Case]) -> int:
             result = {"status": "fail" if problems else "planned", "problems": problems}
         result["seconds"] = round(time.perf_counter() - start, 1)
         report["cases"][case.name] = result
-        ok &= result["status"] in ("pass", "info", "planned")
+        ok &= result["status"] in ("pass", "info", "planned", "skipped")
         print(f"[dry run] {case.name:18s} {result['status']:8s} {result['seconds']:6.1f} s", flush=True)
     (ctx.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"wrote {ctx.out / 'gpu_check.json'}")
@@ -785,6 +800,11 @@ def _reference_problem(reference: str) -> str | None:
     return lines[-1] if lines else f"exit status {proc.returncode}"
 
 
+def _missing_why(missing: list[str]) -> str:
+    return (f"{', '.join(missing)} cannot be imported in this Python; install it, or carry its wheel to a machine "
+            "without internet (bash benchmarks/gpu_carry.sh --with_av, then gpu_check.sh --wheels .gpu_carry/wheels)")
+
+
 def _usage_error(message: str) -> int:
     print(f"gpu_check: {message}", file=sys.stderr)
     return 2
@@ -797,6 +817,8 @@ def main(argv: list[str] | None = None) -> int:
     if reference and not (Path(reference) / "causalvideovae").is_dir():
         return _usage_error(f"--reference_repo {reference} is not a checkout of the original WF-VAE (no "
                             "causalvideovae/ folder); pass its path, or --reference_repo none to skip the original")
+    if reference:
+        reference = str(Path(reference).resolve())  # the cases' commands run from the repository root
     if args.weights and not Path(args.weights).is_dir():
         return _usage_error(f"--weights {args.weights} is not a folder (expected a save_pretrained folder)")
     if args.budget_s < 60:
@@ -810,6 +832,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch
     except ImportError:
         return _usage_error("PyTorch is not installed in this Python; run `pip install -e .` first")
+    try:
+        import wfvae.models  # noqa: F401 - every case needs it; a missing requirement fails here, once, clearly
+    except ImportError as e:
+        return _usage_error(f"wfvae does not import in this Python ({e}); run `pip install -e .`, or on a machine "
+                            "without internet carry the wheels: bash benchmarks/gpu_carry.sh, then "
+                            "gpu_check.sh --wheels .gpu_carry/wheels")
     if not args.dry_run and not torch.cuda.is_available():
         return _usage_error(f"no CUDA GPU is visible (torch {torch.__version__}, built with CUDA "
                             f"{torch.version.cuda or 'none'}; CUDA_VISIBLE_DEVICES="
@@ -844,6 +872,11 @@ def main(argv: list[str] | None = None) -> int:
               "reference_repo_problem": reference_problem, "budget_s": args.budget_s, "cases": {}}
     for case in cases:
         left = deadline - time.monotonic()
+        missing = _missing_modules(case)
+        if missing:
+            report["cases"][case.name] = {"status": "skipped", "why": _missing_why(missing)}
+            print(f"{case.name:18s} skipped  (no {', '.join(missing)})", flush=True)
+            continue
         if left < MIN_SHARE_OF_CASE_LIMIT * case.timeout_s:
             report["cases"][case.name] = {"status": "skipped", "why": f"{left:.0f} s of the budget left, the case may "
                                           f"take up to {case.timeout_s} s; raise --budget_s or run fewer --cases"}

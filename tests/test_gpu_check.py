@@ -169,3 +169,88 @@ def test_train_fp16_passes_only_when_updates_were_applied(tmp_path):
     assert gpu_check.check_train_fp16(ctx, [{"returncode": 1}])["status"] == "fail"
     path.unlink()
     assert gpu_check.check_train_fp16(ctx, [{"returncode": 0}])["status"] == "fail"
+
+
+# ---- a GPU machine without internet: carried wheels, and cases whose modules are missing ----------------
+def _write_wheel(folder: Path, name: str, body: str) -> Path:
+    """A real, minimal pure-Python wheel (what pip accepts), holding one module ``name``."""
+    import zipfile
+
+    info = f"{name}-0.1.dist-info"
+    files = {f"{name}/__init__.py": body,
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in files) + f"{info}/RECORD,,\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"{name}-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return wheel
+
+
+def test_carried_wheels_are_installed_for_this_run_only(tmp_path):
+    # the device image has torch but not all of wfvae's requirements, and no internet: gpu_check.sh --wheels
+    # installs a folder of wheels (no index) into a scratch site that this run alone sees, then removes it
+    import sys
+
+    _write_wheel(tmp_path / "wheels", "wfvae_carry_probe", "WHERE = __file__\n")
+    # stands in for python: pip runs for real; the check itself is replaced by a probe that imports the wheel
+    fake_python = tmp_path / "python_probe"
+    fake_python.write_text(
+        "#!/usr/bin/env bash\n"
+        f'if [[ "$1" == -m && "$2" == pip ]]; then exec "{sys.executable}" "$@"; fi\n'
+        f'exec "{sys.executable}" -c "import wfvae, wfvae_carry_probe; print(wfvae_carry_probe.WHERE)"\n')
+    fake_python.chmod(0o755)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "PYTHON": str(fake_python), "TMPDIR": str(scratch)}
+    proc = subprocess.run(["bash", str(SCRIPT), "--wheels", str(tmp_path / "wheels"), "--dry_run"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "using 1 carried wheels" in proc.stderr
+    assert proc.stdout.strip().startswith(str(scratch / "wfvae_gpu_site."))  # imported from the scratch site
+    assert list(scratch.iterdir()) == [], "the scratch site outlived the run"
+    # a folder without wheels is a usage error, one line, before anything runs
+    (tmp_path / "empty").mkdir()
+    proc = subprocess.run(["bash", str(SCRIPT), "--wheels", str(tmp_path / "empty"), "--dry_run"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "holds no .whl files" in proc.stderr and "gpu_carry.sh" in proc.stderr
+
+
+def test_a_case_whose_modules_are_missing_is_skipped_with_the_reason(tmp_path):
+    gpu_check = _gpu_check_module()
+    needy = gpu_check.Case("needy", 60, run=lambda ctx: {"status": "fail"}, requires=("not_a_module_here", "json"))
+    assert gpu_check._missing_modules(needy) == ["not_a_module_here"]
+    ctx = gpu_check.Context(out=tmp_path, device="cpu", quick=True, reference_repo=None, weights=None)
+    assert gpu_check.dry_run(None, ctx, [needy]) == 0
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["cases"]["needy"]["status"] == "skipped"
+    assert "not_a_module_here" in report["cases"]["needy"]["why"]
+    # the cases that write or read real video files declare PyAV; those that need the LPIPS package declare it
+    requires = {c.name: c.requires for c in gpu_check.CASES}
+    for name in ("bf16_psnr", "train_resume", "train_fp16", "bench_train_step", "bench_inference"):
+        assert "av" in requires[name], name
+    assert requires["train_memory"] == () and requires["chunk_budget"] == ()  # issue 16's cases need neither
+
+
+def test_a_wfvae_that_does_not_import_is_one_clear_line(tmp_path):
+    # the device image lacks platformdirs: without carried wheels the check stops before any case, exit 2
+    fake = tmp_path / "fake_site" / "platformdirs"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'platformdirs' (test)\")\n")
+    env = {**os.environ, "PYTHON": __import__("sys").executable, "PYTHONPATH": str(tmp_path / "fake_site")}
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry_run", "--out", str(tmp_path / "o")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "wfvae does not import" in proc.stderr and "platformdirs" in proc.stderr and "--wheels" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_gpu_carry_rejects_bad_arguments_before_downloading(tmp_path):
+    carry = REPO / "benchmarks" / "gpu_carry.sh"
+    for args, words in ((["--reference_repo", str(tmp_path / "nowhere")], "not a checkout of the original"),
+                        (["--python", "twelve"], "--python"), (["--bogus"], "unknown argument")):
+        proc = subprocess.run(["bash", str(carry), *args], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              check=False)
+        assert proc.returncode == 2 and words in proc.stderr, (args, proc.stderr)

@@ -262,8 +262,8 @@ class TrainConfig(DeviceOptions, OfflineOptions, ResizeOptions):
         if self.fsdp and not fsdp2_supported():
             import torch
 
-            errors.append(f"--fsdp is verified with PyTorch >= {'.'.join(map(str, FSDP_MIN_TORCH))} (2.7.1 and 2.9.1 "
-                          f"failed its 2-process test in torch's FSDP2 and state-dict code; 2.10-2.13 untested); this "
+            errors.append(f"--fsdp is verified with PyTorch >= {'.'.join(map(str, FSDP_MIN_TORCH))} (2.7.1, 2.9.1 and "
+                          f"2.11.0 failed its 2-process test in torch's FSDP2 and state-dict code); this "
                           f"is torch {torch.__version__}. Upgrade torch, or train without --fsdp (DDP).")
         if self.fsdp and self.mix_precision == "fp16":
             # torch's GradScaler cannot unscale a mix of sharded (DTensor) and replicated gradients, and each

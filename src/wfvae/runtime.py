@@ -30,7 +30,8 @@ __all__ = ["FSDP_MIN_TORCH", "available_cpus", "configure_backends", "cpu_has_bf
 
 #: the oldest PyTorch ``--fsdp`` is verified with (``tests/test_train_fsdp.py``'s 2-process run). Session 9 ran
 #: it on 2.7.1 (saving the optimizer state: KeyError in ``get_optimizer_state_dict`` with ``ignored_params``)
-#: and 2.9.1 (RuntimeError: tensor data not allocated) and both failed; 2.14.1 passes.
+#: and 2.9.1 (RuntimeError: tensor data not allocated) and both failed; session 13 ran it on 2.11.0 (the lent
+#: GPU image's release), which fails as 2.9.1 does; 2.14.1 passes.
 FSDP_MIN_TORCH = (2, 14)
 
 
