@@ -9,15 +9,17 @@
 #
 # Then, on the GPU machine, from the repository root (the script prints the exact line):
 #   bash benchmarks/gpu_check.sh --wheels .gpu_carry/wheels --reference_repo .gpu_carry/WF-VAE --out /tmp/gpu_check \
-#       --cases environment chunk_budget train_memory; rc=$?; tar -czf "$OUT/gpu_check.tgz" -C /tmp gpu_check; exit $rc
+#       --cases environment chunk_budget train_memory; rc=$?; tar -czf "$OUT/gpu_check.tgz" -C /tmp gpu_check; \
+#       cat /tmp/gpu_check/gpu_check.json; exit $rc
 #
 # Options:
 #   --reference_repo DIR|none   checkout of the original WF-VAE (its causalvideovae/ is copied, diffusers is packed)
-#   --with_av                   also pack PyAV (35 MB) for bf16_psnr, train_resume and train_fp16
+#   --with_av                   also pack PyAV (35 MB) for bf16_psnr, train_resume, train_fp16, bench_train_step
 #   --python X.Y                the GPU machine's Python (default 3.12, the lent H200's)
 #   --limit_mib N               what one device call may carry with the working tree (default 64)
 # The versions are the ones the test suite runs with here; PyAV's wheel is abi3, so one file serves 3.11+.
-# Exit status: 0 packed, 2 a usage error, a failed download, or more than --limit_mib to carry.
+# Exit status: 0 packed, 2 a usage error, a failed download, or more than --limit_mib to carry (in the last two
+# cases an earlier .gpu_carry/ is left as it was).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,29 +52,33 @@ if [[ "${WITH_AV}" == 1 ]]; then
 fi
 
 CARRY="${REPO}/.gpu_carry"
-rm -rf "${CARRY}"
-mkdir -p "${CARRY}/wheels"
+# packed beside the old pack and swapped in only when complete: a failed download leaves the old one as it was
+NEW="$(mktemp -d "${REPO}/.gpu_carry.new.XXXXXX")"
+trap 'rm -rf "${NEW}"' EXIT
+chmod 755 "${NEW}"
+mkdir -p "${NEW}/wheels"
 PLATFORMS=()
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64; do
     PLATFORMS+=(--platform "$p")
 done
 if ! python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: --implementation cp \
-        --python-version "${PY_VERSION}" "${PLATFORMS[@]}" -d "${CARRY}/wheels" "${PINS[@]}"; then
+        --python-version "${PY_VERSION}" "${PLATFORMS[@]}" -d "${NEW}/wheels" "${PINS[@]}"; then
     echo "gpu_carry: downloading ${PINS[*]} failed (see pip's message above); this step needs the package registry" >&2
     exit 2
 fi
 if [[ "${REFERENCE}" != none ]]; then
-    mkdir -p "${CARRY}/WF-VAE"
-    (cd "${REFERENCE}" && tar --exclude=__pycache__ --exclude='*.pyc' -cf - causalvideovae) | tar -xf - -C "${CARRY}/WF-VAE"
-    if [[ -f "${REFERENCE}/LICENSE" ]]; then cp "${REFERENCE}/LICENSE" "${CARRY}/WF-VAE/"; fi
+    mkdir -p "${NEW}/WF-VAE"
+    (cd "${REFERENCE}" && tar --exclude=__pycache__ --exclude='*.pyc' -cf - causalvideovae) | tar -xf - -C "${NEW}/WF-VAE"
+    if [[ -f "${REFERENCE}/LICENSE" ]]; then cp "${REFERENCE}/LICENSE" "${NEW}/WF-VAE/"; fi
     if git -C "${REFERENCE}" rev-parse HEAD >/dev/null 2>&1; then
-        git -C "${REFERENCE}" rev-parse HEAD >"${CARRY}/WF-VAE/COMMIT"
+        git -C "${REFERENCE}" rev-parse HEAD >"${NEW}/WF-VAE/COMMIT"
     fi
 fi
 
 # what one device call carries: the working tree that travels (tracked and untracked-not-ignored files) plus this
-tree_bytes=$(cd "${REPO}" && git ls-files -z -co --exclude-standard | xargs -0 -r du -cb 2>/dev/null | awk 'END {print $1 + 0}')
-carry_bytes=$(du -sb "${CARRY}" | cut -f1)
+tree_bytes=$(cd "${REPO}" && git ls-files -z -co --exclude-standard | xargs -0 -r stat -c %s 2>/dev/null \
+             | awk '{s += $1} END {print s + 0}')
+carry_bytes=$(du -sb "${NEW}" | cut -f1)
 total_mib=$(( (tree_bytes + carry_bytes + 1048575) / 1048576 ))
 if [[ "${REFERENCE}" != none ]]; then
     echo "gpu_carry: packed ${PINS[*]} and the original's causalvideovae/ from ${REFERENCE}"
@@ -81,11 +87,12 @@ else
 fi
 echo "gpu_carry: working tree $(( tree_bytes / 1048576 )) MiB + .gpu_carry $(( carry_bytes / 1048576 )) MiB = ${total_mib} MiB to carry (limit ${LIMIT_MIB} MiB)"
 if (( total_mib > LIMIT_MIB )); then
-    rm -rf "${CARRY}"  # never leave a pack behind that a call could not carry
     echo "gpu_carry: that is over the ${LIMIT_MIB} MiB one call may carry; pack PyAV and the original for separate calls" \
          "(--with_av --reference_repo none, then --reference_repo DIR without --with_av)" >&2
     exit 2
 fi
+rm -rf "${CARRY}"
+mv "${NEW}" "${CARRY}"
 ref_arg=none
 [[ "${REFERENCE}" != none ]] && ref_arg=.gpu_carry/WF-VAE
 if [[ "${WITH_AV}" == 1 ]]; then

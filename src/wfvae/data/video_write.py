@@ -13,7 +13,6 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 __all__ = ["write_video"]
@@ -32,6 +31,7 @@ _LOSSLESS_CODEC = {".mp4": "libx264rgb", ".mov": "libx264rgb", ".mkv": "ffv1", "
 
 
 def _codec_for(ext: str, lossless: bool) -> str:
+    import av  # lazy: wfvae.inference and the training logger import this module; only writing needs PyAV
     table = _LOSSLESS_CODEC if lossless else _DEFAULT_CODEC
     if ext not in table:
         kind = "lossless " if lossless else ""
@@ -105,6 +105,8 @@ def write_video(
     Raises:
         ValueError: bad array shape/dtype or no suitable codec for the extension.
     """
+    import av  # lazy, as in _codec_for
+
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (T, H, W, 3); got {frames.dtype} {frames.shape}")
