@@ -99,6 +99,16 @@ def _missing_modules(case: Case) -> list[str]:
     return [m for m in case.requires if importlib.util.find_spec(m) is None]
 
 
+def _skipped_for_missing(case: Case) -> dict | None:
+    """The ``skipped`` result of a case whose modules are missing here (the reason names them), or None."""
+    missing = _missing_modules(case)
+    if not missing:
+        return None
+    why = (f"{', '.join(missing)} cannot be imported in this Python; install it, or carry its wheel to a machine "
+           "without internet (bash benchmarks/gpu_carry.sh --with_av, then gpu_check.sh --wheels .gpu_carry/wheels)")
+    return {"status": "skipped", "why": why, "missing_modules": missing}
+
+
 @dataclass
 class Context:
     out: Path
@@ -722,9 +732,9 @@ def dry_run(args, ctx: Context, cases: list[Case]) -> int:
     checked: set[tuple[str, ...]] = set()
     for case in cases:
         start = time.perf_counter()
-        missing = _missing_modules(case)
-        if missing:
-            result = {"status": "skipped", "why": _missing_why(missing), "missing_modules": missing}
+        skipped = _skipped_for_missing(case)
+        if skipped:
+            result = skipped
         elif case.run is not None:
             try:
                 result = case.run(ctx)
@@ -807,11 +817,6 @@ def _named_but_missing(args, result: dict) -> bool:
     return bool(getattr(args, "cases", None)) and bool(result.get("missing_modules"))
 
 
-def _missing_why(missing: list[str]) -> str:
-    return (f"{', '.join(missing)} cannot be imported in this Python; install it, or carry its wheel to a machine "
-            "without internet (bash benchmarks/gpu_carry.sh --with_av, then gpu_check.sh --wheels .gpu_carry/wheels)")
-
-
 def _usage_error(message: str) -> int:
     print(f"gpu_check: {message}", file=sys.stderr)
     return 2
@@ -879,10 +884,10 @@ def main(argv: list[str] | None = None) -> int:
               "reference_repo_problem": reference_problem, "budget_s": args.budget_s, "cases": {}}
     for case in cases:
         left = deadline - time.monotonic()
-        missing = _missing_modules(case)
-        if missing:
-            report["cases"][case.name] = {"status": "skipped", "why": _missing_why(missing), "missing_modules": missing}
-            print(f"{case.name:18s} skipped  (no {', '.join(missing)})", flush=True)
+        skipped = _skipped_for_missing(case)
+        if skipped:
+            report["cases"][case.name] = skipped
+            print(f"{case.name:18s} skipped  (no {', '.join(skipped['missing_modules'])})", flush=True)
             continue
         if left < MIN_SHARE_OF_CASE_LIMIT * case.timeout_s:
             report["cases"][case.name] = {"status": "skipped", "why": f"{left:.0f} s of the budget left, the case may "
