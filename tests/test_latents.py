@@ -58,7 +58,9 @@ def test_encode_is_sharded_indexed_and_resumable(setup, tmp_path, capsys):
 
 def test_decode_round_trip_equals_reconstruct(setup, tmp_path, capsys):
     base, model_dir, videos = setup
-    assert _encode(setup, tmp_path / "lat") == 0
+    # the kernels of both paths must match for equal bits: under --max_memory_gb, reconstruct and decode run the
+    # direct kernels, and a plain encode's --conv auto may time Winograd faster for a shape on a loaded machine
+    assert _encode(setup, tmp_path / "lat", "--conv", "direct") == 0
     # --max_memory_gb: chunk sizes chosen from the budget (exact, so the videos still agree)
     assert cli(["decode", "--latents", str(tmp_path / "lat"), "--ckpt", str(model_dir), "--out",
                 str(tmp_path / "dec"), "--format", "mkv", "--max_memory_gb", "0.5"]) == 0
