@@ -251,3 +251,29 @@ def test_generated_origin_subfolder_is_skipped_even_when_real_is_elsewhere(folde
     pairs = pair_videos(elsewhere, gen)
     assert [key for key, _, _ in pairs] == keys
     assert all("origin" not in gen_file.relative_to(gen).parts for _, _, gen_file in pairs)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_evaluate_on_cuda_1_opens_no_context_on_gpu_0(folders):
+    """`--device cuda:1` scores on GPU 1 only: the loader's page-locked buffers and its pin thread
+    follow the current device, which evaluate sets for the scoring and restores afterwards."""
+    real, gen, _ = folders
+    script = (
+        "import json, sys, torch\n"
+        "from wfvae.evaluation import evaluate as E\n"
+        "cfg = E.EvalConfig(real_video_dir=sys.argv[1], generated_video_dir=sys.argv[2], metric=['psnr', 'ssim'],\n"
+        f"                  num_frames={NUM_FRAMES}, resolution={SIZE}, num_workers=1, device=sys.argv[3])\n"
+        "result = E.evaluate_folders(cfg)\n"
+        "print(json.dumps({'dataset': result['dataset'], 'gpu0': bool(torch._C._cuda_hasPrimaryContext(0)),\n"
+        "                  'gpu1': bool(torch._C._cuda_hasPrimaryContext(1))}))\n"
+    )
+    runs = {}
+    for device in ("cuda:1", "cpu"):
+        proc = subprocess.run([sys.executable, "-c", script, str(real), str(gen), device],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        runs[device] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert runs["cuda:1"]["gpu1"] and not runs["cuda:1"]["gpu0"]
+    for name, value in runs["cpu"]["dataset"].items():
+        assert runs["cuda:1"]["dataset"][name] == pytest.approx(value, rel=1e-5)

@@ -74,8 +74,8 @@ def score_pairs(loader: Iterable[dict[str, Any]], wanted: list[str], device: tor
         row: dict[str, Any] = {"path": key}
         for name in per_video:
             row[name] = float(METRICS[name].per_video(real, generated, nets)[0])
-        if fvd is not None:
-            fvd.add(real[0].cpu(), generated[0].cpu())
+        if fvd is not None:  # the I3D batch is stacked on the host: queue the loader's tensors, not device copies
+            fvd.add(item["real"], item["generated"])
         rows.append(row)
     if fvd is not None:
         fvd.flush()
