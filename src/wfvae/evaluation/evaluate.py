@@ -32,7 +32,6 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -126,32 +125,6 @@ _CLI_ONLY = ("crop_size", "json")
 # ----------------------------------------------------------------------------------------------
 
 
-def _score(cfg: EvalConfig, wanted: list[str], pairs: list[tuple[str, Path, Path]], device: torch.device,
-           lpips_model: torch.nn.Module | None, fvd_extractor: Any | None,
-           progress: bool) -> tuple[list[dict[str, Any]], FvdFeatures | None, float]:
-    """Load the networks, then score every pair: ``(per-video rows, FVD features or None, seconds)``."""
-    # Load networks before decoding anything, so a missing weight file fails immediately.
-    needs = needed_networks(wanted)
-    if "lpips" in needs and lpips_model is None:
-        lpips_model = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=cfg.device, offline=cfg.offline or None)
-    fvd = None
-    if "i3d" in needs:
-        if fvd_extractor is None:
-            fvd_extractor = load_i3d(cfg.fvd_variant, cfg.fvd_weights, device=cfg.device, offline=cfg.offline or None)
-        fvd = FvdFeatures(fvd_extractor, cfg.batch_size)
-    loader = torch.utils.data.DataLoader(
-        PairDataset(pairs, cfg),
-        batch_size=None,  # one pair per item: sizes may differ when resolution is 0
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    if progress:
-        loader = tqdm(loader, total=len(pairs), desc="evaluate", disable=not sys.stdout.isatty())
-    started = time.perf_counter()
-    per_video = score_pairs(loader, wanted, device, Networks(lpips=lpips_model), fvd)
-    return per_video, fvd, time.perf_counter() - started
-
-
 def evaluate_folders(
     cfg: EvalConfig,
     *,
@@ -195,10 +168,30 @@ def evaluate_folders(
     if "fvd" in wanted and len(pairs) < 2:
         raise InputError(f"FVD needs at least 2 videos per set (a covariance), got {len(pairs)}")
 
-    # cuda:N becomes the current device while scoring: otherwise the loader's page-locked buffers (and
-    # anything else that uses the current device) open a context on GPU 0. Restored on return.
+    # Load networks before decoding anything, so a missing weight file fails immediately.
+    needs = needed_networks(wanted)
+    if "lpips" in needs and lpips_model is None:
+        lpips_model = load_lpips(cfg.lpips_net, cfg.lpips_backbone_path, device=cfg.device, offline=cfg.offline or None)
+    fvd = None
+    if "i3d" in needs:
+        if fvd_extractor is None:
+            fvd_extractor = load_i3d(cfg.fvd_variant, cfg.fvd_weights, device=cfg.device, offline=cfg.offline or None)
+        fvd = FvdFeatures(fvd_extractor, cfg.batch_size)
+    loader = torch.utils.data.DataLoader(
+        PairDataset(pairs, cfg),
+        batch_size=None,  # one pair per item: sizes may differ when resolution is 0
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    if progress:
+        loader = tqdm(loader, total=len(pairs), desc="evaluate", disable=not sys.stdout.isatty())
+
+    started = time.perf_counter()
+    # The loader's page-locked buffers and pin thread use the current CUDA device, so cuda:N is made current
+    # while it runs (restored after); otherwise they open a context on GPU 0. The networks above name their device.
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        per_video, fvd, elapsed = _score(cfg, wanted, pairs, device, lpips_model, fvd_extractor, progress)
+        per_video = score_pairs(loader, wanted, device, Networks(lpips=lpips_model), fvd)
+    elapsed = time.perf_counter() - started
     files = {k: (r, g) for k, r, g in pairs}
     for row in per_video:
         real_path, gen_path = files[row["path"]]
